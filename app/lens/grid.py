@@ -1,0 +1,159 @@
+"""The grid: tokens x layers, each cell what the lens reads from that hidden state; and its JSON schema.
+
+Schema `future-lens.grid/1` is documented in docs/grid-format.md. Building is pure computation (no web code).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.lens.engine import CellPredictions
+from app.lens.lenses import Lens
+from app.lens.models import LoadedModel
+from app.lens.source import SourcePass, run_source_pass, tokenize
+
+SCHEMA = "future-lens.grid/1"
+
+
+class TokenText(BaseModel):
+    id: int
+    text: str
+
+
+class TokenProb(TokenText):
+    prob: float
+
+
+class Cell(BaseModel):
+    tokens: list[TokenProb] = Field(description="the N predicted tokens, in order")
+    mean_prob: float = Field(description="mean probability of the N predicted tokens")
+    topk: list[TokenProb] = Field(description="top-k alternatives for the first predicted token")
+
+
+class ModelInfo(BaseModel):
+    id: str
+    n_layers: int
+    d_model: int
+    dtype: str
+    fingerprint: str
+
+
+class Grid(BaseModel):
+    """A computed grid: `cells[layer_index][token_index]`, layers and tokens as listed."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    schema_id: str = Field(default=SCHEMA, alias="schema")
+    model: ModelInfo
+    method: str
+    n_future: int
+    top_k: int
+    tokens: list[TokenText]
+    layers: list[int]
+    context_prefix: list[int]
+    next_tokens: list[TokenProb] = Field(description="the model's own greedy next token after each input token")
+    cells: list[list[Cell]]
+    prompt: str | None = Field(default=None, description="fixed-prompt lens: the prompt text")
+    prompt_layers: list[int] | None = Field(
+        default=None, description="future lens: per listed layer, the layer whose trained prompt was used"
+    )
+    timings_ms: dict[str, float]
+
+
+def model_info(model: LoadedModel) -> ModelInfo:
+    adapter = model.adapter
+    return ModelInfo(
+        id=model.id, n_layers=adapter.n_layers, d_model=adapter.d_model, dtype=model.dtype_name,
+        fingerprint=model.fingerprint,
+    )
+
+
+class _TokenTexts:
+    """Decodes token ids once each."""
+
+    def __init__(self, model: LoadedModel):
+        self.tokenizer = model.tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        if token_id not in self.cache:
+            self.cache[token_id] = self.tokenizer.decode([token_id])
+        return self.cache[token_id]
+
+    def probs(self, ids: torch.Tensor, probs: torch.Tensor) -> list[TokenProb]:
+        return [TokenProb(id=i, text=self(i), prob=p) for i, p in zip(ids.tolist(), probs.tolist(), strict=True)]
+
+
+def _cells_for(source: SourcePass, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten one text's (layer, token) cells, layer-major: states [L'*T, d] and their layers."""
+    states = source.hidden[layers].reshape(-1, source.hidden.shape[-1])
+    layer_ids = torch.tensor(layers).repeat_interleave(len(source.token_ids))
+    return states, layer_ids
+
+
+def _assemble(
+    model: LoadedModel, lens: Lens, source: SourcePass, layers: list[int], predictions: CellPredictions,
+    n_future: int, top_k: int, texts: _TokenTexts, timings: dict[str, float],
+) -> Grid:
+    n_tokens = len(source.token_ids)
+    cells = []
+    for row in range(len(layers)):
+        cells.append([])
+        for column in range(n_tokens):
+            c = row * n_tokens + column
+            tokens = texts.probs(predictions.token_ids[c], predictions.probs[c])
+            cells[-1].append(
+                Cell(
+                    tokens=tokens,
+                    mean_prob=float(predictions.probs[c].mean()),
+                    topk=texts.probs(predictions.topk_ids[c], predictions.topk_probs[c]),
+                )
+            )
+    return Grid(
+        model=model_info(model),
+        method=lens.method,
+        n_future=n_future,
+        top_k=top_k,
+        tokens=[TokenText(id=i, text=texts(i)) for i in source.token_ids],
+        layers=layers,
+        context_prefix=source.context_prefix,
+        next_tokens=texts.probs(source.next_token_ids.cpu(), source.next_token_probs.cpu()),
+        cells=cells,
+        timings_ms=timings,
+        **lens.describe(layers),
+    )
+
+
+def compute_grids(
+    model: LoadedModel, lens: Lens, texts: Sequence[str], layers: list[int], n_future: int, top_k: int = 5
+) -> list[Grid]:
+    """Grids for several texts; the cells of all texts go through the lens together, in one batched call."""
+    n_future = lens.effective_future(n_future)
+    started = time.perf_counter()
+    sources = [run_source_pass(model, tokenize(model, text)) for text in texts]
+    source_ms = (time.perf_counter() - started) * 1000
+    flat = [_cells_for(source, layers) for source in sources]
+    lens_started = time.perf_counter()
+    predictions = lens.predict(torch.cat([f[0] for f in flat]), torch.cat([f[1] for f in flat]), n_future, top_k)
+    lens_ms = (time.perf_counter() - lens_started) * 1000
+    decoder, grids, offset = _TokenTexts(model), [], 0
+    for source, (states, _) in zip(sources, flat, strict=True):
+        part = predictions.take(torch.arange(offset, offset + len(states)))
+        offset += len(states)
+        timings = {"source_pass": source_ms / len(texts), "lens": lens_ms / len(texts)}
+        grids.append(_assemble(model, lens, source, layers, part, n_future, top_k, decoder, timings))
+    total_ms = (time.perf_counter() - started) * 1000
+    for grid in grids:
+        grid.timings_ms["total"] = total_ms / len(texts)
+    return grids
+
+
+def compute_grid(
+    model: LoadedModel, lens: Lens, text: str, layers: list[int], n_future: int, top_k: int = 5
+) -> Grid:
+    """The grid of one text."""
+    return compute_grids(model, lens, [text], layers, n_future, top_k)[0]

@@ -1,0 +1,156 @@
+"""Soft-prompt artifacts: one `.safetensors` per layer plus a `manifest.json`, tied to the exact model weights.
+
+Layout: `<dir>/layer_{l:02d}.safetensors` holds tensor `soft_prompt` (float32, [P, d]) and string metadata
+(`model_id`, `model_fingerprint`, `layer`, `prompt_len`, `trained_on_n`, `examples`, `seed`, ...);
+`<dir>/manifest.json` lists the layers, their files and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from app.lens.models import LoadedModel
+
+MANIFEST_SCHEMA = "future-lens.prompts/1"
+PROMPT_TENSOR = "soft_prompt"
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+class PromptArtifactError(ValueError):
+    """A soft-prompt artifact is missing, malformed, or belongs to other weights."""
+
+
+def checkpoints_root() -> Path:
+    """Root of the per-model prompt folders (override with FUTURE_LENS_CHECKPOINTS)."""
+    return Path(os.environ.get("FUTURE_LENS_CHECKPOINTS", REPO_CHECKPOINTS))
+
+
+def default_prompt_dir(model_id: str) -> Path:
+    return checkpoints_root() / model_id
+
+
+def layer_file(layer: int) -> str:
+    return f"layer_{layer:02d}.safetensors"
+
+
+@dataclass
+class SoftPromptSet:
+    """The trained prompts of one model, by layer; layers without one borrow the nearest trained layer's."""
+
+    directory: Path
+    prompts: dict[int, torch.Tensor]
+    metadata: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    def source_layer(self, layer: int) -> int:
+        """The trained layer used for `layer`: itself, else the nearest (the lower one on a tie)."""
+        return min(self.prompts, key=lambda trained: (abs(trained - layer), trained))
+
+    def for_layer(self, layer: int) -> torch.Tensor:
+        return self.prompts[self.source_layer(layer)]
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=".manifest-")
+    with os.fdopen(handle, "w") as out:
+        json.dump(payload, out, indent=2, sort_keys=True)
+        out.write("\n")
+    os.replace(staging, path)
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def save_soft_prompt(
+    directory: Path,
+    model: LoadedModel,
+    layer: int,
+    prompt: torch.Tensor,
+    metadata: dict[str, object] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write one layer's prompt and record it in the manifest (both written atomically)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensor = prompt.detach().to("cpu", torch.float32).contiguous()
+    meta = {
+        "model_id": model.id,
+        "model_fingerprint": model.fingerprint,
+        "d_model": str(model.adapter.d_model),
+        "layer": str(layer),
+        "prompt_len": str(tensor.shape[0]),
+        **{key: str(value) for key, value in (metadata or {}).items()},
+    }
+    path = directory / layer_file(layer)
+    handle, staging = tempfile.mkstemp(dir=directory, prefix=".layer-")
+    os.close(handle)
+    save_file({PROMPT_TENSOR: tensor}, staging, metadata=meta)
+    os.replace(staging, path)
+    manifest = read_manifest(directory) or {"schema": MANIFEST_SCHEMA, "layers": {}}
+    manifest.update(
+        model_id=model.id, model_fingerprint=model.fingerprint, d_model=model.adapter.d_model, prompt_len=len(tensor)
+    )
+    entry = {"file": path.name, "metadata": meta}
+    if metrics is not None:
+        entry["metrics"] = metrics
+    manifest["layers"][str(layer)] = {**manifest["layers"].get(str(layer), {}), **entry}
+    _write_json_atomic(directory / "manifest.json", manifest)
+    return path
+
+
+def _load_layer(path: Path, model: LoadedModel) -> tuple[torch.Tensor, dict[str, str]]:
+    with safe_open(str(path), framework="pt") as artifact:
+        meta = artifact.metadata() or {}
+        if PROMPT_TENSOR not in artifact.keys():
+            raise PromptArtifactError(f"{path}: no tensor named {PROMPT_TENSOR!r}")
+        tensor = artifact.get_tensor(PROMPT_TENSOR)
+    if meta.get("model_fingerprint") != model.fingerprint:
+        raise PromptArtifactError(
+            f"{path} was trained for weights {meta.get('model_fingerprint')!r} ({meta.get('model_id')}), "
+            f"but the loaded model {model.id!r} has fingerprint {model.fingerprint!r}"
+        )
+    if tensor.ndim != 2 or tensor.shape[1] != model.adapter.d_model:
+        raise PromptArtifactError(
+            f"{path}: prompt shape {tuple(tensor.shape)} does not fit d_model={model.adapter.d_model}"
+        )
+    return tensor, meta
+
+
+def load_soft_prompts(directory: Path, model: LoadedModel) -> SoftPromptSet:
+    """Load every layer listed in `directory`'s manifest, refusing artifacts made for other weights."""
+    manifest = read_manifest(directory)
+    if not manifest.get("layers"):
+        raise PromptArtifactError(
+            f"no trained soft prompts for model {model.id!r} in {directory} "
+            f"(train them with `future-lens train`, or use --method logit / fixed)"
+        )
+    prompts, metadata = {}, {}
+    for layer_key, entry in manifest["layers"].items():
+        layer = int(layer_key)
+        if not 0 <= layer < model.adapter.n_layers:
+            raise PromptArtifactError(f"{directory}: layer {layer} is outside the model's {model.adapter.n_layers}")
+        prompts[layer], metadata[layer] = _load_layer(directory / Path(entry["file"]).name, model)
+    return SoftPromptSet(directory, prompts, metadata)
+
+
+def import_paper_prompt(source: Path, model: LoadedModel, layer: int, directory: Path) -> Path:
+    """Import the paper authors' released prompt (a torch-saved nn.Parameter [P, d]) as a safetensors artifact."""
+    loaded = torch.load(source, map_location="cpu", weights_only=True)  # restricted unpickler: tensors only
+    tensor = loaded.data if isinstance(loaded, torch.nn.Parameter) else loaded
+    if isinstance(tensor, dict) and len(tensor) == 1:
+        tensor = next(iter(tensor.values()))
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2 or tensor.shape[1] != model.adapter.d_model:
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise PromptArtifactError(f"{source}: expected a [P, {model.adapter.d_model}] tensor, got {shape}")
+    meta = {"trained_on_n": "1", "examples": "unknown", "seed": "unknown", "origin": f"imported from {source.name}"}
+    return save_soft_prompt(directory, model, layer, tensor, meta)

@@ -1,0 +1,53 @@
+"""The source pass: one forward over the text, reading every block's output with nnsight.
+
+Every text is preceded by the model's context prefix (a document-start token such as `<|endoftext|>`, as the paper
+does); the prefix position is run but dropped from what is returned, so columns are the text's own tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nnsight
+import torch
+
+from app.lens.architectures import block_output_tensor
+from app.lens.models import LoadedModel
+
+
+class EmptyTextError(ValueError):
+    """The text has no tokens."""
+
+
+@dataclass
+class SourcePass:
+    """Block outputs of one text and the model's own next-token predictions at each of its positions."""
+
+    token_ids: list[int]  # the text's tokens (the grid's columns), context prefix excluded
+    context_prefix: list[int]
+    hidden: torch.Tensor  # [n_layers, n_tokens, d_model], output of each block before the final norm
+    next_token_ids: torch.Tensor  # [n_tokens], the model's greedy prediction after each position
+    next_token_probs: torch.Tensor  # [n_tokens]
+
+
+def tokenize(model: LoadedModel, text: str) -> list[int]:
+    """The text's token ids without special tokens (the context prefix is added by the source pass)."""
+    return list(model.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def run_source_pass(model: LoadedModel, token_ids: list[int]) -> SourcePass:
+    """Run [prefix + tokens] once and keep the block outputs and the model's predictions at the text positions."""
+    if not token_ids:
+        raise EmptyTextError("text is empty: it has no tokens")
+    prefix = list(model.context_prefix)
+    ids = torch.tensor([prefix + list(token_ids)], device=model.device)
+    envoy = model.nnsight
+    blocks = model.adapter.locate_blocks(envoy)
+    with torch.inference_mode(), envoy.trace(ids):
+        outputs = nnsight.save([block_output_tensor(blocks[i].output) for i in range(model.adapter.n_layers)])
+        logits = envoy.output.logits.save()
+    start = len(prefix)
+    hidden = torch.stack([out[0, start:] for out in outputs])
+    probs = torch.softmax(logits[0, start:].float(), dim=-1)
+    next_probs, next_ids = probs.max(dim=-1)
+    return SourcePass(list(token_ids), prefix, hidden, next_ids, next_probs)

@@ -1,0 +1,161 @@
+"""The lens service: validates a grid request against the limits and the loaded model, then computes the grid.
+
+The CLI and the web app both go through here, so a request means the same thing, and fails the same way, in both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from app.config import get_limits
+from app.lens.grid import Grid, compute_grid
+from app.lens.layers import LayerSpecError, parse_layers
+from app.lens.lenses import PAPER_FIXED_PROMPT, FixedPromptLens, FutureLens, Lens, LogitLens
+from app.lens.models import LoadedModel, load_model
+from app.lens.prompts import PromptArtifactError, SoftPromptSet, default_prompt_dir, load_soft_prompts
+from app.lens.source import tokenize
+
+Method = Literal["future", "logit", "fixed"]
+
+
+class InvalidRequestError(ValueError):
+    """A request that breaks a rule; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class GridRequest(BaseModel):
+    """What to compute: text, lens method, N, layers, top-k, and the fixed prompt if any."""
+
+    text: str = Field(min_length=1, examples=["Marty McFly from"])
+    method: Method = "future"
+    n_future: int = Field(4, ge=1)
+    layers: str | list[int] | None = Field(None, description="all, 0-29, 0,5,10, ::3 or a list of block indices")
+    top_k: int = Field(5, ge=1)
+    prompt: str | None = Field(None, description="fixed lens only: the prompt text (default: the paper's)")
+    model: str | None = Field(None, description="must name the served model if given")
+
+    @field_validator("text")
+    @classmethod
+    def _text_within_limit(cls, text: str) -> str:
+        limit = get_limits().max_text_chars
+        if len(text) > limit:
+            raise ValueError(f"text has {len(text)} characters; the limit is {limit}")
+        if not text.strip():
+            raise ValueError("text is empty")
+        return text
+
+    @field_validator("n_future")
+    @classmethod
+    def _n_within_limit(cls, n_future: int) -> int:
+        limit = get_limits().max_n_future
+        if n_future > limit:
+            raise ValueError(f"n_future must be between 1 and {limit}")
+        return n_future
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_within_limit(cls, top_k: int) -> int:
+        limit = get_limits().max_top_k
+        if top_k > limit:
+            raise ValueError(f"top_k must be between 1 and {limit}")
+        return top_k
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_within_limit(cls, prompt: str | None) -> str | None:
+        limit = get_limits().max_prompt_chars
+        if prompt is not None and len(prompt) > limit:
+            raise ValueError(f"prompt has {len(prompt)} characters; the limit is {limit}")
+        return prompt
+
+
+def parse_request(**fields: object) -> GridRequest:
+    """Build a request, turning pydantic's errors into one `InvalidRequestError` naming the first bad field."""
+    try:
+        return GridRequest(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "request"
+        raise InvalidRequestError(field, first["msg"].removeprefix("Value error, ")) from None
+
+
+class LensService:
+    """One loaded model and its lenses; thread-safe lens construction, computation is the caller's to serialise."""
+
+    def __init__(self, model: LoadedModel, prompt_dir: Path | None = None):
+        self.model = model
+        self.prompt_dir = prompt_dir or default_prompt_dir(model.id)
+        self._future: FutureLens | None = None
+        self._fixed: OrderedDict[str, FixedPromptLens] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str, device: str = "auto", dtype: str = "auto", prompt_dir: Path | None = None) -> LensService:
+        return cls(load_model(model, device=device, dtype=dtype), prompt_dir)
+
+    @property
+    def soft_prompts(self) -> SoftPromptSet | None:
+        """The trained prompts, or None when this model has none yet."""
+        try:
+            return self._future_lens().prompts
+        except InvalidRequestError:
+            return None
+
+    def _future_lens(self) -> FutureLens:
+        with self._lock:
+            if self._future is None:
+                try:
+                    self._future = FutureLens(self.model, load_soft_prompts(self.prompt_dir, self.model))
+                except PromptArtifactError as error:
+                    raise InvalidRequestError("method", str(error)) from None
+            return self._future
+
+    def _fixed_lens(self, prompt: str) -> FixedPromptLens:
+        with self._lock:
+            if prompt not in self._fixed:
+                self._fixed[prompt] = FixedPromptLens(self.model, prompt)
+                if len(self._fixed) > 8:
+                    self._fixed.popitem(last=False)
+            self._fixed.move_to_end(prompt)
+            return self._fixed[prompt]
+
+    def lens_for(self, request: GridRequest) -> Lens:
+        if request.method == "logit":
+            return LogitLens(self.model)
+        if request.method == "fixed":
+            prompt = request.prompt if request.prompt is not None else PAPER_FIXED_PROMPT
+            if not tokenize(self.model, prompt):
+                raise InvalidRequestError("prompt", "prompt is empty: it has no tokens")
+            if len(tokenize(self.model, prompt)) > get_limits().max_prompt_tokens:
+                raise InvalidRequestError("prompt", f"prompt is longer than {get_limits().max_prompt_tokens} tokens")
+            return self._fixed_lens(prompt)
+        return self._future_lens()
+
+    def validate(self, request: GridRequest) -> tuple[Lens, list[int]]:
+        """Check what depends on the model (model name, token count, layers); return the lens and layers to use."""
+        if request.model is not None and request.model != self.model.id:
+            raise InvalidRequestError("model", f"this server serves {self.model.id!r} only")
+        n_tokens = len(tokenize(self.model, request.text))
+        if n_tokens == 0:
+            raise InvalidRequestError("text", "text is empty: it has no tokens")
+        limit = get_limits().max_text_tokens
+        if n_tokens > limit:
+            raise InvalidRequestError("text", f"text has {n_tokens} tokens; the limit is {limit}")
+        try:
+            layers = parse_layers(request.layers, self.model.adapter.n_layers)
+        except LayerSpecError as error:
+            raise InvalidRequestError("layers", str(error)) from None
+        return self.lens_for(request), layers
+
+    def compute(self, request: GridRequest) -> Grid:
+        lens, layers = self.validate(request)
+        return compute_grid(self.model, lens, request.text, layers, request.n_future, request.top_k)
