@@ -1,0 +1,118 @@
+"""The batched engine must give exactly what the naive per-cell reference gives (ids equal, probs within 1e-4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.lens.engine import CellPredictions, decode_patched
+from app.lens.grid import compute_grids
+from app.lens.lenses import FixedPromptLens, FutureLens, PatchedContextLens
+from app.lens.models import LoadedModel
+from app.lens.prompts import SoftPromptSet
+from app.lens.reference import naive_cells
+from app.lens.source import run_source_pass, tokenize
+from tests.conftest import words
+
+
+def random_prompts(model: LoadedModel, layers: list[int], length: int = 10, seed: int = 0) -> SoftPromptSet:
+    generator = torch.Generator().manual_seed(seed)
+    d_model = model.adapter.d_model
+    return SoftPromptSet(None, {layer: torch.randn(length, d_model, generator=generator) for layer in layers})
+
+
+def assert_same(engine: CellPredictions, naive: CellPredictions) -> None:
+    assert torch.equal(engine.token_ids, naive.token_ids)
+    assert torch.equal(engine.topk_ids, naive.topk_ids)
+    torch.testing.assert_close(engine.probs, naive.probs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(engine.topk_probs, naive.topk_probs, atol=1e-4, rtol=0)
+
+
+def naive_grid_cells(lens: PatchedContextLens, text: str, layers: list[int], n_future: int, top_k: int):
+    """The reference for every cell of one text's grid, layer-major like the grid."""
+    model = lens.model
+    source = run_source_pass(model, tokenize(model, text))
+    cells = [(layer, t) for layer in layers for t in range(len(source.token_ids))]
+    contexts = [lens.context_embeddings(layer) for layer, _ in cells]
+    states = torch.stack([source.hidden[layer, t] for layer, t in cells])
+    return naive_cells(model, contexts, list(range(len(cells))), [c[0] for c in cells], states, n_future, top_k)
+
+
+def grid_predictions(grid) -> CellPredictions:
+    ids = [[t.id for t in cell.tokens] for row in grid.cells for cell in row]
+    probs = [[t.prob for t in cell.tokens] for row in grid.cells for cell in row]
+    topk_ids = [[t.id for t in cell.topk] for row in grid.cells for cell in row]
+    topk_probs = [[t.prob for t in cell.topk] for row in grid.cells for cell in row]
+    return CellPredictions(torch.tensor(ids), torch.tensor(probs), torch.tensor(topk_ids), torch.tensor(topk_probs))
+
+
+def texts_for(model: LoadedModel) -> list[str]:
+    if model.id.startswith("tiny-llama"):
+        return ["The cat sat on the mat", "Hi", "Paris is the capital of France and"]
+    return [words(6, seed=1), words(1, seed=2), words(9, seed=3)]
+
+
+@pytest.mark.parametrize(("n_future", "layer_pick"), [(1, "all"), (3, "subset")])
+def test_future_lens_matches_naive_on_tiny_models(tiny_model: LoadedModel, n_future: int, layer_pick: str) -> None:
+    n_layers = tiny_model.adapter.n_layers
+    layers = list(range(n_layers)) if layer_pick == "all" else [0, n_layers - 1]
+    lens = FutureLens(tiny_model, random_prompts(tiny_model, layers), chunk_rows=7)  # several chunks per call
+    texts = texts_for(tiny_model)
+    grids = compute_grids(tiny_model, lens, texts, layers, n_future, top_k=4)  # texts of different lengths together
+    for text, grid in zip(texts, grids, strict=True):
+        assert len(grid.cells) == len(layers)
+        assert all(len(row) == len(grid.tokens) for row in grid.cells)
+        assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, n_future, 4))
+
+
+def test_fixed_prompt_lens_matches_naive(tiny_model: LoadedModel) -> None:
+    prompt = "Hello! Could you please tell me more about" if tiny_model.id == "tiny-llama" else words(5, seed=9)
+    lens = FixedPromptLens(tiny_model, prompt)
+    layers = list(range(tiny_model.adapter.n_layers))
+    text = texts_for(tiny_model)[0]
+    grid = compute_grids(tiny_model, lens, [text], layers, 2, top_k=3)[0]
+    assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, 2, 3))
+
+
+def test_prompt_fallback_to_nearest_layer_matches_naive(tiny_gptj: LoadedModel) -> None:
+    prompts = random_prompts(tiny_gptj, [0], seed=5)  # only layer 0 trained: layers 1 and 2 borrow it
+    lens = FutureLens(tiny_gptj, prompts)
+    grid = compute_grids(tiny_gptj, lens, [words(4, seed=4)], [0, 1, 2], 2, top_k=2)[0]
+    assert grid.prompt_layers == [0, 0, 0]
+    assert_same(grid_predictions(grid), naive_grid_cells(lens, words(4, seed=4), [0, 1, 2], 2, 2))
+
+
+def test_contexts_of_different_lengths_in_one_call(tiny_llama: LoadedModel) -> None:
+    generator = torch.Generator().manual_seed(7)
+    d_model = tiny_llama.adapter.d_model
+    contexts = [torch.randn(length, d_model, generator=generator) for length in (10, 1, 4, 10)]
+    source = run_source_pass(tiny_llama, tokenize(tiny_llama, "one two three"))
+    index = [0, 1, 2, 3, 1, 0]
+    layers = [0, 1, 1, 0, 0, 1]
+    states = torch.stack([source.hidden[layer, i % 3] for i, layer in enumerate(layers)])
+    engine = decode_patched(tiny_llama, contexts, torch.tensor(index), torch.tensor(layers), states, 3, 4, chunk_rows=2)
+    assert_same(engine, naive_cells(tiny_llama, contexts, index, layers, states, 3, 4))
+
+
+@pytest.mark.embedded
+def test_embedded_model_future_and_fixed_match_naive(smollm2: LoadedModel) -> None:
+    text = "The Eiffel Tower is in"
+    layers = [0, 7, 15, 29]
+    future = FutureLens(smollm2, random_prompts(smollm2, [0, 15, 29], seed=3))
+    for lens, n_future in [(future, 3), (FixedPromptLens(smollm2), 2)]:
+        grid = compute_grids(smollm2, lens, [text], layers, n_future, top_k=5)[0]
+        assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, n_future, 5))
+
+
+@pytest.mark.embedded
+def test_one_token_text_and_single_layer(smollm2: LoadedModel) -> None:
+    lens = FixedPromptLens(smollm2)
+    grid = compute_grids(smollm2, lens, ["Hello"], [29], 1, top_k=3)[0]
+    assert len(grid.tokens) == 1 and len(grid.cells) == 1 and len(grid.cells[0][0].tokens) == 1
+    assert_same(grid_predictions(grid), naive_grid_cells(lens, "Hello", [29], 1, 3))
+
+
+def test_n_future_must_be_positive(tiny_gpt2: LoadedModel) -> None:
+    context = [torch.zeros(3, tiny_gpt2.adapter.d_model)]
+    with pytest.raises(ValueError, match="n_future"):
+        decode_patched(tiny_gpt2, context, torch.tensor([0]), torch.tensor([0]), torch.zeros(1, 64), 0)
