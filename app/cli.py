@@ -58,9 +58,7 @@ def grid(
     from app.service import InvalidRequestError, LensService, parse_request
 
     try:
-        request = parse_request(
-            text=text, method=method, layers=layers, n_future=n_future, top_k=top_k, prompt=prompt
-        )
+        request = parse_request(text=text, method=method, layers=layers, n_future=n_future, top_k=top_k, prompt=prompt)
         service = LensService.load(model, device=device, dtype=dtype, prompt_dir=prompt_dir)
         result = service.compute(request)
     except (InvalidRequestError, ValueError, RuntimeError) as error:

@@ -30,7 +30,10 @@ def word_tokenizer(vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<unk>",
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<unk>",
         pad_token="<|endoftext|>",
     )
 
@@ -49,8 +52,15 @@ def _tiny(model_id: str, hf: torch.nn.Module, tokenizer) -> LoadedModel:
 def tiny_gptj() -> LoadedModel:
     torch.manual_seed(1)
     config = GPTJConfig(
-        n_layer=3, n_embd=64, n_head=4, rotary_dim=16, vocab_size=TINY_VOCAB, n_positions=128,
-        bos_token_id=0, eos_token_id=0, initializer_range=0.2,
+        n_layer=3,
+        n_embd=64,
+        n_head=4,
+        rotary_dim=16,
+        vocab_size=TINY_VOCAB,
+        n_positions=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.2,
     )
     return _tiny("tiny-gptj", GPTJForCausalLM(config), word_tokenizer())
 
@@ -59,7 +69,13 @@ def tiny_gptj() -> LoadedModel:
 def tiny_gpt2() -> LoadedModel:
     torch.manual_seed(2)
     config = GPT2Config(
-        n_layer=3, n_embd=64, n_head=4, vocab_size=TINY_VOCAB, n_positions=128, bos_token_id=0, eos_token_id=0,
+        n_layer=3,
+        n_embd=64,
+        n_head=4,
+        vocab_size=TINY_VOCAB,
+        n_positions=128,
+        bos_token_id=0,
+        eos_token_id=0,
         initializer_range=0.2,
     )
     return _tiny("tiny-gpt2", GPT2LMHeadModel(config), word_tokenizer())
@@ -76,8 +92,15 @@ def tiny_llama(embedded_dir) -> LoadedModel:
     torch.manual_seed(3)
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
     config = LlamaConfig(
-        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        vocab_size=len(tokenizer), max_position_embeddings=256, initializer_range=0.2, tie_word_embeddings=True,
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
     )
     return wrap_model("tiny-llama", LlamaForCausalLM(config), tokenizer, CATALOG[DEFAULT_MODEL])
 

@@ -29,7 +29,9 @@ class CellPredictions:
 
     @staticmethod
     def concat(parts: Sequence[CellPredictions]) -> CellPredictions:
-        return CellPredictions(*(torch.cat([getattr(p, f) for p in parts]) for f in CellPredictions.__dataclass_fields__))
+        return CellPredictions(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in CellPredictions.__dataclass_fields__)
+        )
 
     def take(self, order: torch.Tensor) -> CellPredictions:
         return CellPredictions(*(getattr(self, f)[order] for f in CellPredictions.__dataclass_fields__))
@@ -52,7 +54,9 @@ def _prefix_cache(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torc
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _rows_cache(model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> DynamicCache:
+def _rows_cache(
+    model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor
+) -> DynamicCache:
     cache = DynamicCache(config=model.hf.config)
     for index, (keys, values) in enumerate(prefix):
         cache.update(keys[rows], values[rows], index)

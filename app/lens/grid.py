@@ -67,7 +67,10 @@ class Grid(BaseModel):
 def model_info(model: LoadedModel) -> ModelInfo:
     adapter = model.adapter
     return ModelInfo(
-        id=model.id, n_layers=adapter.n_layers, d_model=adapter.d_model, dtype=model.dtype_name,
+        id=model.id,
+        n_layers=adapter.n_layers,
+        d_model=adapter.d_model,
+        dtype=model.dtype_name,
         fingerprint=model.fingerprint,
     )
 
@@ -96,8 +99,15 @@ def _cells_for(source: SourcePass, layers: list[int]) -> tuple[torch.Tensor, tor
 
 
 def _assemble(
-    model: LoadedModel, lens: Lens, source: SourcePass, layers: list[int], predictions: CellPredictions,
-    n_future: int, top_k: int, texts: _TokenTexts, timings: dict[str, float],
+    model: LoadedModel,
+    lens: Lens,
+    source: SourcePass,
+    layers: list[int],
+    predictions: CellPredictions,
+    n_future: int,
+    top_k: int,
+    texts: _TokenTexts,
+    timings: dict[str, float],
 ) -> Grid:
     n_tokens = len(source.token_ids)
     cells = []
@@ -152,8 +162,6 @@ def compute_grids(
     return grids
 
 
-def compute_grid(
-    model: LoadedModel, lens: Lens, text: str, layers: list[int], n_future: int, top_k: int = 5
-) -> Grid:
+def compute_grid(model: LoadedModel, lens: Lens, text: str, layers: list[int], n_future: int, top_k: int = 5) -> Grid:
     """The grid of one text."""
     return compute_grids(model, lens, [text], layers, n_future, top_k)[0]

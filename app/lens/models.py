@@ -137,7 +137,7 @@ def _gguf_path(entry: CatalogEntry) -> Path:
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailableError(f"model {entry.id!r} needs the package {entry.package}: {entry.install_hint}")
-    path = Path(list(spec.submodule_search_locations)[0]) / entry.gguf_file
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.gguf_file
     if not path.is_file():
         raise ModelNotAvailableError(f"{path} is missing; reinstall with: {entry.install_hint}")
     return path
@@ -173,7 +173,9 @@ def prepare_gguf_cache(entry: CatalogEntry) -> Path:
 
 def _local_hf_snapshot(repo: str) -> Path | None:
     """The newest snapshot of `repo` in the local HF cache, if any (never downloads)."""
-    hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"))
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
+    )
     snapshots = hub / f"models--{repo.replace('/', '--')}" / "snapshots"
     candidates = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
     return candidates[-1].parent if candidates else None

@@ -111,7 +111,7 @@ def save_soft_prompt(
 def _load_layer(path: Path, model: LoadedModel) -> tuple[torch.Tensor, dict[str, str]]:
     with safe_open(str(path), framework="pt") as artifact:
         meta = artifact.metadata() or {}
-        if PROMPT_TENSOR not in artifact.keys():
+        if PROMPT_TENSOR not in artifact.keys():  # noqa: SIM118 (safe_open is no mapping)
             raise PromptArtifactError(f"{path}: no tensor named {PROMPT_TENSOR!r}")
         tensor = artifact.get_tensor(PROMPT_TENSOR)
     if meta.get("model_fingerprint") != model.fingerprint:

@@ -42,8 +42,13 @@ def naive_cell(
 
 
 def naive_cells(
-    model: LoadedModel, contexts: list[torch.Tensor], context_index: list[int], layers: list[int],
-    states: torch.Tensor, n_future: int, top_k: int = 5,
+    model: LoadedModel,
+    contexts: list[torch.Tensor],
+    context_index: list[int],
+    layers: list[int],
+    states: torch.Tensor,
+    n_future: int,
+    top_k: int = 5,
 ) -> CellPredictions:
     """`naive_cell` for each cell in turn."""
     return CellPredictions.concat(
