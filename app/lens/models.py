@@ -10,11 +10,14 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from app.lens.architectures import ModelAdapter
 
@@ -210,15 +213,26 @@ def context_prefix_ids(tokenizer: PreTrainedTokenizerBase, entry: CatalogEntry |
     return []
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-weight progress bar: a 2-second load needs none."""
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a catalog model or local HF causal-LM directory for inference (frozen, eval mode)."""
     model_id, directory, entry = model_directory(name_or_path)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    hf = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=torch_dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False
-    )
+    with _quiet_loading():
+        hf = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch_dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )
     return wrap_model(model_id, hf.to(torch_device), tokenizer, entry)
 
 

@@ -1,0 +1,70 @@
+"""The command line: readable grids, JSON, and exit code 2 with a clear message for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.lens.grid import Grid
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["grid", ""], "text"),
+        (["grid", "hello", "--model", "no-such-model"], "unknown model"),
+        (["grid", "hello", "--layers", "3-1"], "layers"),
+        (["grid", "hello", "--layers", "0-99", "--method", "logit"], "do not exist"),
+        (["grid", "hello", "--n-future", "0"], "n_future"),
+        (["grid", "hello", "--n-future", "99"], "n_future"),
+        (["grid", "hello", "--method", "telepathy"], "method"),
+        (["grid", "hello", "--top-k", "0"], "top_k"),
+        (["grid", "hello", "--dtype", "float8"], "dtype"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(args: list[str], message: str) -> None:
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_future_without_prompts_names_the_problem(tmp_path) -> None:
+    result = runner.invoke(cli, ["grid", "hello", "--method", "future", "--prompt-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no trained soft prompts" in result.output
+
+
+@pytest.mark.embedded
+def test_logit_grid_is_readable() -> None:
+    result = runner.invoke(cli, ["grid", "The Eiffel Tower is in the city of", "--method", "logit"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:3] == ["layer", "The", "·E"]  # whitespace made visible
+    last_layer = next(line for line in lines if line.strip().startswith("29 "))
+    assert last_layer.split()[-1] == "·Paris"
+
+
+@pytest.mark.embedded
+def test_json_output_is_a_valid_grid() -> None:
+    result = runner.invoke(cli, ["grid", "Hello world", "--method", "fixed", "--layers", "0,29", "-n", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    grid = Grid.model_validate(json.loads(result.output))
+    assert grid.layers == [0, 29] and grid.n_future == 2 and grid.method == "fixed"
+    assert len(grid.cells[0]) == len(grid.tokens) == 2
+
+
+def test_models_lists_the_catalog() -> None:
+    result = runner.invoke(cli, ["models"])
+    assert result.exit_code == 0
+    assert "smollm2-135m-instruct" in result.output and "gpt-j-6b" in result.output
+
+
+def test_prepare_is_a_no_op_when_cached() -> None:
+    result = runner.invoke(cli, ["prepare"])
+    assert result.exit_code == 0 and "ready at" in result.output
