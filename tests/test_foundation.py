@@ -210,6 +210,17 @@ def test_local_directory_loads(tmp_path, tiny_gpt2) -> None:
     assert loaded.id == "tiny" and loaded.fingerprint == tiny_gpt2.fingerprint
 
 
+def test_pickle_only_directory_is_refused(tmp_path, tiny_gpt2) -> None:
+    from app.lens.models import load_model
+
+    folder = tmp_path / "pickled"
+    tiny_gpt2.hf.config.save_pretrained(folder)
+    tiny_gpt2.tokenizer.save_pretrained(folder)
+    torch.save(tiny_gpt2.hf.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ModelNotAvailableError, match="pickle checkpoints are refused"):
+        load_model(str(tmp_path / "pickled"), device="cpu")
+
+
 @pytest.mark.embedded
 def test_embedded_model_logit_lens_matches_greedy(smollm2: LoadedModel) -> None:
     assert (smollm2.adapter.n_layers, smollm2.adapter.d_model) == (30, 576)

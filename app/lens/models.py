@@ -223,9 +223,19 @@ def _quiet_loading() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+def _require_safetensors(directory: Path) -> None:
+    """Weights load from safetensors only: pickle checkpoints can run code, so they are refused."""
+    if not any(directory.glob("*.safetensors")):
+        raise ModelNotAvailableError(
+            f"{directory} has no .safetensors weights (pickle checkpoints are refused): convert it once with "
+            "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`"
+        )
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a catalog model or local HF causal-LM directory for inference (frozen, eval mode)."""
     model_id, directory, entry = model_directory(name_or_path)
+    _require_safetensors(directory)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
