@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     port: int = 8000
     db_path: Path = Path("future-lens.sqlite3")
     prompt_dir: Path | None = None
+    assets_dir: Path | None = Field(
+        None, description="folder holding templates/, static/ and reports/ (default: the source checkout, else cwd)"
+    )
 
 
 @lru_cache

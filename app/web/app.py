@@ -1,33 +1,76 @@
-"""FastAPI application factory (the web issue builds the page, /lens and permalinks on top of this)."""
+"""FastAPI application factory: the page, the JSON API and permalinks for one served model."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.config import Settings
 from app.service import LensService
+from app.store import GridStore, SQLiteGridStore
+from app.web import api, pages
+from app.web.errors import install_error_handlers
+from app.web.keeper import GridKeeper
+from app.web.render import asset_version, template_environment
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+DESCRIPTION = """
+What each hidden state of a language model anticipates: for every (layer, token) of a text, the next N tokens
+decoded from that single hidden state (Future Lens, Pal et al., CoNLL 2023), or the logit lens / a fixed prompt.
+
+`POST /lens` computes a grid (schema `future-lens.grid/1`, see docs/grid-format.md) and stores it under a
+permalink; identical requests are served from the store. Invalid requests get HTTP 422 with a JSON body whose
+`field` names the problem.
+"""
 
 
-def create_app(settings: Settings | None = None, service: LensService | None = None) -> FastAPI:
-    """An app serving one model; pass `service` to reuse an already loaded model (tests)."""
+def assets_root(settings: Settings) -> Path:
+    """The folder with templates/, static/ and reports/: configured, else the source checkout, else cwd."""
+    if settings.assets_dir is not None:
+        return settings.assets_dir
+    if (SOURCE_ROOT / "templates").is_dir():
+        return SOURCE_ROOT
+    return Path.cwd()
+
+
+def create_app(
+    settings: Settings | None = None, service: LensService | None = None, store: GridStore | None = None
+) -> FastAPI:
+    """An app serving one model; pass `service` to reuse an already loaded model, `store` to replace SQLite."""
     settings = settings or Settings()
     service = service or LensService.load(settings.model, settings.device, settings.dtype, settings.prompt_dir)
-    app = FastAPI(title="Future Lens", version=__version__)
+    store = store or SQLiteGridStore(settings.db_path)
+    root = assets_root(settings)
+    static_dir = root / "static"
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = FastAPI(title="Future Lens", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.service = service
+    app.state.store = store
+    app.state.keeper = GridKeeper(service, store)
+    app.state.templates = template_environment(root / "templates")
+    app.state.reports_dir = root / "reports"
+    app.state.asset_version = asset_version(static_dir)
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, object]:
-        model = service.model
-        prompts = service.soft_prompts
-        return {
-            "status": "ok",
-            "model": model.id,
-            "fingerprint": model.fingerprint,
-            "device": str(model.device),
-            "dtype": model.dtype_name,
-            "prompt_layers": sorted(prompts.prompts) if prompts else [],
-        }
+    install_error_handlers(app)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=static_dir), name="static")
+
+    @app.middleware("http")
+    async def no_sniffing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
 
     return app

@@ -1,0 +1,73 @@
+"""Error responses: every rejected request gets a JSON body naming the field; nothing ever shows a traceback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.service import InvalidRequestError
+
+log = logging.getLogger("future_lens.web")
+LOCATION_PREFIXES = {"body", "query", "path", "form", "header", "cookie"}
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx/5xx answer of the JSON API."""
+
+    detail: str = Field(description="one line for a person: `field: message`")
+    field: str | None = Field(description="the request field at fault (`body` when the body itself is malformed)")
+    message: str = Field(description="what is wrong and, for limits, the limit")
+
+
+def error_response(status: int, field: str | None, message: str) -> JSONResponse:
+    """A JSON error in the one shape the API uses."""
+    detail = f"{field}: {message}" if field else message
+    return JSONResponse(ErrorBody(detail=detail, field=field, message=message).model_dump(), status_code=status)
+
+
+def field_from_location(location: Sequence[object]) -> str:
+    """pydantic's error location → a field name: `("body", "n_future")` → `n_future`; positions → `body`."""
+    parts = [str(part) for part in location if not isinstance(part, int)]
+    if parts and parts[0] in LOCATION_PREFIXES:
+        parts = parts[1:] or [parts[0]]
+    return ".".join(parts) or "body"
+
+
+def first_validation_error(errors: Sequence[dict]) -> tuple[str, str]:
+    """(field, message) of the first pydantic error, worded like `app.service.parse_request`."""
+    if not errors:
+        return "body", "invalid request"
+    first = errors[0]
+    return field_from_location(first.get("loc", ())), str(first.get("msg", "invalid value")).removeprefix(
+        "Value error, "
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """422 for invalid requests (FastAPI's and the service's alike), a bare 500 for anything unexpected."""
+
+    @app.exception_handler(InvalidRequestError)
+    async def invalid_request(_: Request, error: InvalidRequestError) -> JSONResponse:
+        return error_response(422, error.field, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_shape(_: Request, error: RequestValidationError) -> JSONResponse:
+        field, message = first_validation_error(error.errors())
+        return error_response(422, field, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        response = error_response(error.status_code, None, str(error.detail))
+        response.headers.update(error.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, None, "internal error: the request failed on the server; it was logged")

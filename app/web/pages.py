@@ -1,0 +1,181 @@
+"""The HTML pages: `/` (form + grid), `POST /grid` (htmx fragment), `/g/{id}` (stored grid), `/about`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from app.config import get_limits
+from app.lens.layers import strided_layers
+from app.lens.lenses import PAPER_FIXED_PROMPT
+from app.service import GridRequest, InvalidRequestError, parse_request
+from app.store import is_grid_id
+from app.web.keeper import GridKeeper, KeptGrid, permalink_path
+from app.web.render import grid_view, infer_stride
+from app.web.reports import load_eval_report
+
+router = APIRouter(include_in_schema=False)
+
+EXAMPLE_TEXT = "Marty McFly from"
+DEFAULT_STRIDE = 2
+#: Sent with every page: no inline script or style, nothing from other origins.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class FormState:
+    """What the form shows: the last submitted values, or the defaults."""
+
+    text: str = EXAMPLE_TEXT
+    method: str = "future"
+    n_future: str = "4"
+    stride: str = str(DEFAULT_STRIDE)
+    prompt: str = PAPER_FIXED_PROMPT
+
+
+@dataclass(frozen=True)
+class FutureAvailability:
+    available: bool
+    reason: str = ""
+
+
+def keeper_of(request: Request) -> GridKeeper:
+    return request.app.state.keeper
+
+
+def future_availability(keeper: GridKeeper) -> FutureAvailability:
+    """Whether the future lens can run (trained prompts loaded) and, if not, why."""
+    try:
+        keeper.service.lens_for(GridRequest(text="x", method="future"))
+    except InvalidRequestError as error:
+        return FutureAvailability(False, error.message)
+    return FutureAvailability(True)
+
+
+def render(request: Request, template: str, status: int = 200, **context: object) -> HTMLResponse:
+    """Render a template with the common context and the page's security headers."""
+    state = request.app.state
+    keeper = keeper_of(request)
+    html = state.templates.get_template(template).render(
+        asset_version=state.asset_version,
+        model=keeper.service.model,
+        limits=get_limits(),
+        n_layers=keeper.service.model.adapter.n_layers,
+        **context,
+    )
+    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "same-origin"}
+    return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def page_context(keeper: GridKeeper, form: FormState, kept: KeptGrid | None = None) -> dict[str, object]:
+    """Context of the main page: the form (the future lens only offered when it can run) and maybe a grid."""
+    future = future_availability(keeper)
+    if not future.available and form.method == "future" and kept is None:
+        form = replace(form, method="logit")
+    view = grid_view(kept.grid, kept.id, permalink_path(kept.id), kept.cached) if kept else None
+    return {"form": form, "future": future, "view": view}
+
+
+def form_request(keeper: GridKeeper, form: FormState) -> GridRequest:
+    """The grid request a form submission means; errors name the form's fields (`stride`, not `layers`)."""
+    n_layers = keeper.service.model.adapter.n_layers
+    try:
+        stride = int(form.stride)
+    except ValueError:
+        raise InvalidRequestError("stride", "layer stride must be a whole number") from None
+    if not 1 <= stride <= n_layers:
+        raise InvalidRequestError("stride", f"layer stride must be between 1 and {n_layers}")
+    layers = strided_layers(n_layers, stride)
+    prompt = form.prompt if form.method == "fixed" else None
+    return parse_request(text=form.text, method=form.method, n_future=form.n_future, layers=layers, prompt=prompt)
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request) -> HTMLResponse:
+    """The page: a form pre-filled with an example."""
+    return render(request, "index.html", **page_context(keeper_of(request), FormState()))
+
+
+@router.post("/grid", response_class=HTMLResponse)
+def submit_grid(
+    request: Request,
+    text: Annotated[str, Form()] = "",
+    method: Annotated[str, Form()] = "future",
+    n_future: Annotated[str, Form()] = "4",
+    stride: Annotated[str, Form()] = str(DEFAULT_STRIDE),
+    prompt: Annotated[str, Form()] = PAPER_FIXED_PROMPT,
+) -> Response:
+    """The form's target. htmx gets the grid fragment (and the permalink pushed to the address bar);
+    a plain form post is redirected to the permalink page. Invalid input: 422 with the message inline."""
+    keeper = keeper_of(request)
+    form = FormState(text=text, method=method, n_future=n_future, stride=stride, prompt=prompt)
+    is_htmx = request.headers.get("HX-Request") == "true"
+    try:
+        kept = keeper.get_or_compute(form_request(keeper, form))
+    except InvalidRequestError as error:
+        field = "stride" if error.field == "layers" else error.field
+        problem = {"field": field, "message": error.message}
+        if is_htmx:
+            return render(request, "_error.html", status=422, error=problem)
+        return render(request, "index.html", status=422, error=problem, **page_context(keeper, form))
+    if not is_htmx:
+        return RedirectResponse(permalink_path(kept.id), status_code=303)
+    response = render(request, "_result.html", **page_context(keeper, form, kept))
+    response.headers["HX-Push-Url"] = permalink_path(kept.id)
+    return response
+
+
+def form_from_stored(kept: KeptGrid, n_layers: int) -> FormState:
+    """The form as its author submitted it, as far as the stored canonical request tells."""
+    request = kept.request
+    layers = [int(layer) for layer in request.get("layers", [])]
+    stride = infer_stride(layers, n_layers)
+    return FormState(
+        text=str(request.get("text", EXAMPLE_TEXT)),
+        method=str(request.get("method", "future")),
+        n_future=str(request.get("n_future", 4)),
+        stride=str(stride or DEFAULT_STRIDE),
+        prompt=str(request.get("prompt") or PAPER_FIXED_PROMPT),
+    )
+
+
+@router.get("/g/{grid_id}", response_class=HTMLResponse)
+def stored_grid_page(request: Request, grid_id: str) -> HTMLResponse:
+    """A stored grid as a full page, exactly as computed then (no recomputation)."""
+    keeper = keeper_of(request)
+    kept = keeper.lookup(grid_id) if is_grid_id(grid_id) else None
+    if kept is None:
+        return render(request, "not_found.html", status=404, grid_id=grid_id)
+    form = form_from_stored(kept, keeper.service.model.adapter.n_layers)
+    return render(request, "index.html", **page_context(keeper, form, kept))
+
+
+@router.get("/about", response_class=HTMLResponse)
+def about(request: Request) -> HTMLResponse:
+    """What the grid means, the method, and the served model's evaluation report if there is one."""
+    keeper = keeper_of(request)
+    prompts = keeper.service.soft_prompts
+    report = load_eval_report(request.app.state.reports_dir, keeper.service.model.id)
+    return render(
+        request,
+        "about.html",
+        report=report,
+        prompt_layers=sorted(prompts.prompts) if prompts else [],
+        fixed_prompt=PAPER_FIXED_PROMPT,
+        future=future_availability(keeper),
+    )
+
+
+@router.get("/about/eval.png")
+def eval_plot(request: Request) -> Response:
+    """The served model's evaluation plot (its path comes from the configuration, never from the request)."""
+    report = load_eval_report(request.app.state.reports_dir, keeper_of(request).service.model.id)
+    if report.plot is None:
+        return Response("no evaluation plot for this model yet", status_code=404, media_type="text/plain")
+    return FileResponse(report.plot, media_type="image/png")

@@ -1,0 +1,154 @@
+"""Turning grids into what the templates show: visible whitespace, probability buckets, match marks, popover data.
+
+Everything here returns plain data or escaped `Markup`; the templates autoescape the rest, so no token text ever
+reaches the page as HTML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup, escape
+
+from app.lens.display import WHITESPACE_MARKS
+from app.lens.grid import Grid
+from app.lens.layers import strided_layers
+
+N_BUCKETS = 10
+EMPTY_TOKEN_MARK = "∅"
+
+
+def marked_text(text: str) -> Markup:
+    """Token text as HTML with whitespace made visible (`·` `↵` `⇥`) and the marks wrapped for dimmer styling."""
+    if not text:
+        return Markup('<span class="ws" title="empty token">{}</span>').format(EMPTY_TOKEN_MARK)
+    parts = []
+    for char in text:
+        mark = WHITESPACE_MARKS.get(char)
+        parts.append(Markup('<span class="ws">{}</span>').format(mark) if mark else escape(char))
+    return Markup("").join(parts)
+
+
+def prob_bucket(prob: float) -> int:
+    """Which of the 10 background shades a mean probability gets (0: below 10%, 9: 90% and above)."""
+    return max(0, min(N_BUCKETS - 1, int(prob * N_BUCKETS)))
+
+
+def percent(prob: float) -> str:
+    """A probability as a short percentage: `71%`, `0.4%`, `<0.1%`."""
+    value = prob * 100
+    if value >= 9.95:
+        return f"{value:.0f}%"
+    if value >= 0.05:
+        return f"{value:.1f}%"
+    return "<0.1%"
+
+
+@dataclass(frozen=True)
+class CellView:
+    tokens: list[str]
+    bucket: int
+    match: bool
+    mean_prob: float
+
+
+@dataclass(frozen=True)
+class RowView:
+    layer: int
+    prompt_layer: int | None
+    cells: list[CellView]
+
+
+@dataclass(frozen=True)
+class GridView:
+    """One grid, ready for `_grid.html`."""
+
+    grid: Grid
+    id: str
+    permalink: str
+    cached: bool
+    rows: list[RowView]
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.grid.tokens)
+
+    def popover_data(self) -> dict[str, object]:
+        """Compact data the page script needs for popovers: raw texts (it marks whitespace itself) and probs."""
+        grid = self.grid
+        return {
+            "marks": WHITESPACE_MARKS,
+            "method": grid.method,
+            "layers": grid.layers,
+            "prompt_layers": grid.prompt_layers,
+            "tokens": [token.text for token in grid.tokens],
+            "next": [[token.text, round(token.prob, 5)] for token in grid.next_tokens],
+            "cells": [
+                [
+                    {
+                        "t": [[token.text, round(token.prob, 5)] for token in cell.tokens],
+                        "k": [[token.text, round(token.prob, 5)] for token in cell.topk],
+                        "m": round(cell.mean_prob, 5),
+                    }
+                    for cell in row
+                ]
+                for row in grid.cells
+            ],
+        }
+
+
+def grid_view(grid: Grid, grid_id: str, permalink: str, cached: bool) -> GridView:
+    """Rows of cells with their shade and whether the first predicted token is the model's actual next token."""
+    next_ids = [token.id for token in grid.next_tokens]
+    rows = []
+    for index, (layer, row) in enumerate(zip(grid.layers, grid.cells, strict=True)):
+        cells = [
+            CellView(
+                tokens=[token.text for token in cell.tokens],
+                bucket=prob_bucket(cell.mean_prob),
+                match=bool(cell.tokens) and cell.tokens[0].id == next_ids[column],
+                mean_prob=cell.mean_prob,
+            )
+            for column, cell in enumerate(row)
+        ]
+        prompt_layer = grid.prompt_layers[index] if grid.prompt_layers else None
+        rows.append(RowView(layer, prompt_layer, cells))
+    return GridView(grid, grid_id, permalink, cached, rows)
+
+
+def infer_stride(layers: list[int], n_layers: int) -> int | None:
+    """The layer stride that selects exactly `layers` (None when no stride does)."""
+    for stride in range(1, n_layers + 1):
+        if strided_layers(n_layers, stride) == layers:
+            return stride
+    return None
+
+
+def asset_version(static_dir: Path) -> str:
+    """A short hash of the static files, appended to their URLs so browsers refetch them after a change."""
+    digest = hashlib.sha256()
+    for path in sorted(static_dir.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def template_environment(templates_dir: Path) -> Environment:
+    """Jinja with autoescaping always on (also for templates whose name does not end in .html)."""
+    env = Environment(
+        loader=FileSystemLoader(templates_dir),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["marked"] = marked_text
+    env.filters["percent"] = percent
+    return env

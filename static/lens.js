@@ -1,0 +1,359 @@
+/* Future Lens page behaviour: Ctrl+Enter, progress timer, cell popovers, keyboard moves, copy link.
+ * Token text is only ever written with textContent, never as HTML. No inline script is needed anywhere. */
+(function () {
+  "use strict";
+
+  var popover = null;
+  var pinnedCell = null;
+  var timer = null;
+
+  function $(selector, root) { return (root || document).querySelector(selector); }
+
+  /* ---------- grid data (the JSON island rendered with the grid) ---------- */
+
+  function gridData() {
+    var island = document.getElementById("grid-data");
+    if (!island) return null;
+    if (!island._parsed) island._parsed = JSON.parse(island.textContent);
+    return island._parsed;
+  }
+
+  function marked(text, marks) {
+    /* A span with whitespace made visible; the marks get the dimmer .ws style. */
+    var span = document.createElement("span");
+    if (text === "") {
+      var empty = document.createElement("span");
+      empty.className = "ws";
+      empty.textContent = "∅";
+      span.appendChild(empty);
+      return span;
+    }
+    var plain = "";
+    function flush() { if (plain) { span.appendChild(document.createTextNode(plain)); plain = ""; } }
+    for (var i = 0; i < text.length; i++) {
+      var ch = text[i];
+      if (Object.prototype.hasOwnProperty.call(marks, ch)) {
+        flush();
+        var mark = document.createElement("span");
+        mark.className = "ws";
+        mark.textContent = marks[ch];
+        span.appendChild(mark);
+      } else {
+        plain += ch;
+      }
+    }
+    flush();
+    return span;
+  }
+
+  function percent(p) {
+    var v = p * 100;
+    if (v >= 9.95) return v.toFixed(0) + "%";
+    if (v >= 0.05) return v.toFixed(1) + "%";
+    return "<0.1%";
+  }
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function probTable(rows, marks, nextText) {
+    var table = el("table");
+    rows.forEach(function (row) {
+      var tr = el("tr");
+      if (nextText !== undefined && row[0] === nextText) tr.className = "is-next";
+      var tk = el("td", "tk");
+      tk.appendChild(marked(row[0], marks));
+      var pr = el("td", "pr", percent(row[1]));
+      var bar = el("td", "bar");
+      var fill = el("span", "bar-fill");
+      fill.style.width = Math.max(1, Math.round(row[1] * 100)) + "%";
+      bar.appendChild(fill);
+      tr.appendChild(tk); tr.appendChild(pr); tr.appendChild(bar);
+      table.appendChild(tr);
+    });
+    return table;
+  }
+
+  /* ---------- popover ---------- */
+
+  function fillPopover(cell) {
+    var data = gridData();
+    if (!data) return false;
+    var r = Number(cell.dataset.r), c = Number(cell.dataset.c);
+    var info = data.cells[r] && data.cells[r][c];
+    if (!info) return false;
+    var marks = data.marks, next = data.next[c];
+    popover.textContent = "";
+    var title = el("h3");
+    title.appendChild(document.createTextNode("Layer " + data.layers[r] + " · after token " + c + " "));
+    var tok = el("span", "tk-inline");
+    tok.appendChild(marked(data.tokens[c], marks));
+    title.appendChild(tok);
+    popover.appendChild(title);
+
+    popover.appendChild(el("h4", null, info.t.length > 1
+      ? "Predicted " + info.t.length + " tokens · mean " + percent(info.m)
+      : "Predicted next token"));
+    popover.appendChild(probTable(info.t, marks));
+    popover.appendChild(el("h4", null, "Top " + info.k.length + " for the first token"));
+    popover.appendChild(probTable(info.k, marks, next[0]));
+
+    var foot = el("div", "foot");
+    foot.appendChild(document.createTextNode("Model's actual next token: "));
+    var actual = el("span", "tk-inline");
+    actual.appendChild(marked(next[0], marks));
+    foot.appendChild(actual);
+    foot.appendChild(document.createTextNode(" (" + percent(next[1]) + ")"));
+    if (data.prompt_layers && data.prompt_layers[r] !== data.layers[r]) {
+      foot.appendChild(el("div", null, "Uses the prompt trained for layer " + data.prompt_layers[r] + "."));
+    }
+    popover.appendChild(foot);
+    return true;
+  }
+
+  function placePopover(cell) {
+    var box = cell.getBoundingClientRect();
+    popover.style.left = "0px";
+    popover.style.top = "0px";
+    var pw = popover.offsetWidth, ph = popover.offsetHeight;
+    var vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
+    var left = Math.min(Math.max(8, box.left), vw - pw - 8);
+    var top = box.bottom + 6;
+    if (top + ph > vh - 8) top = Math.max(8, box.top - ph - 6);
+    popover.style.left = Math.round(left) + "px";
+    popover.style.top = Math.round(top) + "px";
+  }
+
+  function highlight(cell, on) {
+    var table = cell.closest("table");
+    var row = cell.parentElement.querySelector("th");
+    var head = table.querySelector('thead th[data-c="' + cell.dataset.c + '"]');
+    [row, head].forEach(function (node) { if (node) node.classList.toggle(node === row ? "row-active" : "col-active", on); });
+    cell.classList.toggle("active", on);
+  }
+
+  var shownCell = null;
+
+  function showPopover(cell) {
+    if (!popover || !fillPopover(cell)) return;
+    if (shownCell && shownCell !== cell) highlight(shownCell, false);
+    shownCell = cell;
+    highlight(cell, true);
+    popover.hidden = false;
+    popover.classList.toggle("pinned", pinnedCell === cell);
+    cell.setAttribute("aria-describedby", "popover");
+    placePopover(cell);
+  }
+
+  function hidePopover(force) {
+    if (!popover || (pinnedCell && !force)) return;
+    if (force) pinnedCell = null;
+    popover.hidden = true;
+    popover.classList.remove("pinned");
+    if (shownCell) {
+      highlight(shownCell, false);
+      shownCell.removeAttribute("aria-describedby");
+      shownCell = null;
+    }
+  }
+
+  /* ---------- keyboard: a roving tabindex over the cells ---------- */
+
+  function cellAt(table, r, c) {
+    return table.querySelector('td.cell[data-r="' + r + '"][data-c="' + c + '"]');
+  }
+
+  function focusCell(from, target) {
+    if (!target) return;
+    from.tabIndex = -1;
+    target.tabIndex = 0;
+    target.focus();
+  }
+
+  function onCellKey(event, cell) {
+    var table = cell.closest("table");
+    var r = Number(cell.dataset.r), c = Number(cell.dataset.c);
+    var rows = table.tBodies[0].rows.length, cols = table.tHead.rows[0].cells.length - 1;
+    var moves = {
+      ArrowLeft: [r, c - 1], ArrowRight: [r, c + 1], ArrowUp: [r - 1, c], ArrowDown: [r + 1, c],
+      Home: event.ctrlKey ? [0, 0] : [r, 0], End: event.ctrlKey ? [rows - 1, cols - 1] : [r, cols - 1],
+      PageUp: [Math.max(0, r - 5), c], PageDown: [Math.min(rows - 1, r + 5), c]
+    };
+    if (moves[event.key]) {
+      event.preventDefault();
+      if (pinnedCell) pinnedCell = null;
+      focusCell(cell, cellAt(table, moves[event.key][0], moves[event.key][1]));
+    } else if (event.key === "Escape") {
+      hidePopover(true);
+    } else if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      togglePin(cell);
+    }
+  }
+
+  function togglePin(cell) {
+    if (pinnedCell === cell) { hidePopover(true); return; }
+    pinnedCell = cell;
+    showPopover(cell);
+  }
+
+  /* ---------- copy link ---------- */
+
+  function copyLink(button) {
+    var url = new URL(button.dataset.copy, window.location.href).href;
+    function done(ok) {
+      button.textContent = ok ? "Copied ✓" : "Copy failed: select the link";
+      button.classList.toggle("copied", ok);
+      window.setTimeout(function () { button.textContent = "Copy link"; button.classList.remove("copied"); }, 2000);
+    }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(url).then(function () { done(true); }, function () { done(fallbackCopy(url)); });
+    } else {
+      done(fallbackCopy(url));
+    }
+  }
+
+  function fallbackCopy(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "skip";
+    document.body.appendChild(area);
+    area.select();
+    var ok = false;
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    document.body.removeChild(area);
+    return ok;
+  }
+
+  /* ---------- form helpers ---------- */
+
+  function updateLayersHint() {
+    var stride = $("#stride"), hint = $("#layers-hint");
+    if (!stride || !hint) return;
+    var n = Number(stride.dataset.nLayers), s = Number(stride.value);
+    if (!(s >= 1 && s <= n)) { hint.textContent = "Layer stride: 1 to " + n + "."; return; }
+    var layers = [];
+    for (var l = 0; l < n; l += s) layers.push(l);
+    if (layers[layers.length - 1] !== n - 1) layers.push(n - 1);
+    var shown = layers.length > 9 ? layers.slice(0, 4).join(", ") + ", …, " + layers.slice(-2).join(", ") : layers.join(", ");
+    hint.textContent = layers.length + " of " + n + " layers: " + shown + ". ";
+  }
+
+  function showError(message) {
+    var result = $("#result");
+    if (!result) return;
+    var box = el("div", "form-error", message);
+    box.setAttribute("role", "alert");
+    result.textContent = "";
+    result.appendChild(box);
+  }
+
+  function markInvalidField() {
+    document.querySelectorAll("#lens-form [aria-invalid]").forEach(function (node) { node.removeAttribute("aria-invalid"); });
+    var error = $("#result .form-error[data-field]");
+    if (!error) return;
+    var input = document.querySelector('#lens-form [name="' + CSS.escape(error.dataset.field) + '"]');
+    if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
+  }
+
+  function startTimer() {
+    var out = $("#progress .elapsed"), started = Date.now();
+    stopTimer();
+    if (out) out.textContent = "";
+    timer = window.setInterval(function () {
+      if (out) out.textContent = ((Date.now() - started) / 1000).toFixed(0) + " s";
+    }, 500);
+    var result = $("#result");
+    if (result) result.classList.add("loading");
+  }
+
+  function stopTimer() {
+    if (timer) window.clearInterval(timer);
+    timer = null;
+    var result = $("#result");
+    if (result) result.classList.remove("loading");
+  }
+
+  /* ---------- wiring (event delegation, so swapped-in grids need no re-binding) ---------- */
+
+  document.addEventListener("DOMContentLoaded", function () {
+    popover = document.getElementById("popover");
+    updateLayersHint();
+    markInvalidField();
+  });
+
+  document.addEventListener("input", function (event) {
+    if (event.target.id === "stride") updateLayersHint();
+  });
+
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (target.id === "text" && event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      target.form.requestSubmit();
+      return;
+    }
+    if (target.matches && target.matches("td.cell")) { onCellKey(event, target); return; }
+    if (event.key === "Escape") hidePopover(true);
+  });
+
+  document.addEventListener("mouseover", function (event) {
+    var cell = event.target.closest && event.target.closest("td.cell");
+    if (cell && !pinnedCell) showPopover(cell);
+  });
+
+  document.addEventListener("mouseout", function (event) {
+    var cell = event.target.closest && event.target.closest("td.cell");
+    if (cell && !pinnedCell && !(event.relatedTarget && cell.contains(event.relatedTarget))) hidePopover(false);
+  });
+
+  document.addEventListener("focusin", function (event) {
+    if (event.target.matches && event.target.matches("td.cell")) {
+      if (pinnedCell && pinnedCell !== event.target) pinnedCell = null;
+      showPopover(event.target);
+    }
+  });
+
+  document.addEventListener("focusout", function (event) {
+    if (event.target.matches && event.target.matches("td.cell") && pinnedCell !== event.target) hidePopover(false);
+  });
+
+  document.addEventListener("click", function (event) {
+    var copy = event.target.closest && event.target.closest("button.copy");
+    if (copy) { copyLink(copy); return; }
+    var cell = event.target.closest && event.target.closest("td.cell");
+    if (cell) {
+      var table = cell.closest("table"), current = table.querySelector('td.cell[tabindex="0"]');
+      if (current && current !== cell) { current.tabIndex = -1; cell.tabIndex = 0; }
+      togglePin(cell);
+      return;
+    }
+    if (pinnedCell && !(popover && popover.contains(event.target))) hidePopover(true);
+  });
+
+  window.addEventListener("resize", function () { if (shownCell && !popover.hidden) placePopover(shownCell); });
+  document.addEventListener("scroll", function () { if (shownCell && !popover.hidden) placePopover(shownCell); }, true);
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    if (event.target.id === "lens-form") { hidePopover(true); startTimer(); }
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (event.target.id === "lens-form") stopTimer();
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    if (event.target.id === "result") markInvalidField();
+  });
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr, message = "The server answered " + xhr.status + ".";
+    try { message = JSON.parse(xhr.responseText).detail || message; } catch (e) { /* not JSON */ }
+    showError(message);
+  });
+  document.addEventListener("htmx:sendError", function () {
+    showError("The server could not be reached. Check that it is running, then try again.");
+  });
+})();

@@ -1,0 +1,434 @@
+"""Web app API tests (FastAPI TestClient) on the embedded model with random soft prompts: /lens, permalinks,
+the store surviving a restart, 422s naming the field, the form fragment, escaping, /about."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings, get_limits
+from app.lens.source import tokenize
+from app.service import LensService
+from app.store import MemoryGridStore, SQLiteGridStore, StoredGrid, StoreError, grid_id, is_grid_id
+from app.web.app import SOURCE_ROOT, create_app
+from app.web.reports import report_table
+from tests.webapp_helpers import PROMPT_LAYERS, random_prompt_dir, service_with_prompts
+
+pytestmark = pytest.mark.embedded
+
+TEXT = "Marty McFly from"
+REQUEST = {"text": TEXT, "method": "future", "n_future": 3, "layers": "0,15,29", "top_k": 4}
+
+
+@pytest.fixture(scope="module")
+def service(smollm2, tmp_path_factory) -> LensService:
+    return service_with_prompts(tmp_path_factory.mktemp("prompts"), smollm2)
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("db") / "grids.sqlite3"
+
+
+@pytest.fixture(scope="module")
+def client(service, db_path) -> TestClient:
+    return TestClient(create_app(Settings(db_path=db_path), service=service))
+
+
+@pytest.fixture(scope="module")
+def posted(client):
+    """One future-lens grid, computed once for the module."""
+    response = client.post("/lens", json=REQUEST)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def stored_count(client: TestClient) -> int:
+    return client.app.state.store.count()
+
+
+# ---------- /lens ----------
+
+
+def test_post_lens_returns_layers_by_tokens_by_n(posted, smollm2):
+    grid = posted.json()
+    n_tokens = len(tokenize(smollm2, TEXT))
+    assert grid["schema"] == "future-lens.grid/1"
+    assert grid["method"] == "future"
+    assert grid["layers"] == [0, 15, 29]
+    assert len(grid["tokens"]) == n_tokens
+    assert len(grid["next_tokens"]) == n_tokens
+    assert len(grid["cells"]) == 3
+    for row in grid["cells"]:
+        assert len(row) == n_tokens
+        for cell in row:
+            assert len(cell["tokens"]) == 3
+            assert len(cell["topk"]) == 4
+            assert 0.0 <= cell["mean_prob"] <= 1.0
+    assert grid["prompt_layers"] == [0, 15, 29]
+    assert grid["model"]["fingerprint"] == smollm2.fingerprint
+    assert is_grid_id(grid["id"])
+    assert grid["permalink"] == f"/g/{grid['id']}"
+    assert posted.headers["x-future-lens-cache"] == "miss"
+
+
+def test_identical_request_is_served_from_the_store(client, posted):
+    before = stored_count(client)
+    again = client.post("/lens", json=REQUEST)
+    assert again.status_code == 200
+    assert again.headers["x-future-lens-cache"] == "hit"
+    assert again.content == posted.content
+    assert stored_count(client) == before
+
+
+def test_equivalent_requests_share_one_permalink(client):
+    """Layers are resolved and N is capped per lens before hashing: `all` == 0..29, logit N=4 == N=1."""
+    first = client.post("/lens", json={"text": "Hello", "method": "logit", "layers": "all", "n_future": 4}).json()
+    second = client.post("/lens", json={"text": "Hello", "method": "logit", "layers": list(range(30)), "n_future": 1})
+    assert second.headers["x-future-lens-cache"] == "hit"
+    assert second.json()["id"] == first["id"]
+    different = client.post("/lens", json={"text": "Hello!", "method": "logit", "layers": "all"}).json()
+    assert different["id"] != first["id"]
+
+
+def test_get_lens_with_query_matches_post(client):
+    query = client.get("/lens", params={"text": "Hi there", "method": "logit", "layers": "0,29", "top_k": 3})
+    assert query.status_code == 200, query.text
+    body = client.post("/lens", json={"text": "Hi there", "method": "logit", "layers": [0, 29], "top_k": 3})
+    assert body.headers["x-future-lens-cache"] == "hit"
+    assert body.content == query.content
+    assert [len(row) for row in query.json()["cells"]] == [2, 2]
+
+
+def test_fixed_prompt_grid_records_the_prompt(client):
+    response = client.post(
+        "/lens", json={"text": "Hi", "method": "fixed", "prompt": "Tell me about", "layers": [5], "n_future": 2}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["prompt"] == "Tell me about"
+
+
+# ---------- permalinks ----------
+
+
+def test_permalink_json_equals_the_post_result(client, posted):
+    grid_id_ = posted.json()["id"]
+    stored = client.get(f"/g/{grid_id_}.json")
+    assert stored.status_code == 200
+    assert stored.headers["content-type"].startswith("application/json")
+    assert stored.content == posted.content
+    assert stored.json() == posted.json()
+
+
+def test_permalink_page_renders_the_stored_grid(client, posted):
+    grid = posted.json()
+    page = client.get(grid["permalink"])
+    assert page.status_code == 200
+    html = page.text
+    assert html.count('class="cell ') == len(grid["layers"]) * len(grid["tokens"])
+    assert html.count('class="tok-head"') == len(grid["tokens"])
+    assert html.count('class="layer-head"') == len(grid["layers"])
+    assert f'data-copy="{grid["permalink"]}"' in html
+    assert "Content-Security-Policy" in page.headers
+    assert ">Marty McFly from</textarea>" in html  # the form shows what was asked
+
+
+def test_stored_grids_survive_a_new_app_on_the_same_db(service, db_path, posted):
+    restarted = TestClient(create_app(Settings(db_path=db_path), service=service))
+    grid_id_ = posted.json()["id"]
+    again = restarted.get(f"/g/{grid_id_}.json")
+    assert again.status_code == 200
+    assert again.content == posted.content
+    assert restarted.get(f"/g/{grid_id_}").status_code == 200
+    hit = restarted.post("/lens", json=REQUEST)
+    assert hit.headers["x-future-lens-cache"] == "hit"
+    assert hit.content == posted.content
+
+
+def test_retrained_prompts_get_a_new_id_and_old_links_keep_their_grid(smollm2, db_path, posted, tmp_path):
+    retrained = service_with_prompts(tmp_path / "retrained", smollm2, seed=1)
+    other = TestClient(create_app(Settings(db_path=db_path), service=retrained))
+    fresh = other.post("/lens", json=REQUEST)
+    assert fresh.status_code == 200
+    assert fresh.json()["id"] != posted.json()["id"]
+    assert other.get(f"/g/{posted.json()['id']}.json").content == posted.content
+
+
+@pytest.mark.parametrize("path", ["/g/aaaaaaaaaaaa", "/g/aaaaaaaaaaaa.json", "/g/..%2Fetc.json", "/g/x"])
+def test_unknown_permalinks_are_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    if path.endswith(".json"):
+        assert response.json()["message"]
+    if path == "/g/aaaaaaaaaaaa.json":
+        assert response.json()["field"] == "id"
+
+
+# ---------- rejected requests ----------
+
+LIMITS = get_limits()
+BAD_REQUESTS = [
+    ({"text": ""}, "text"),
+    ({"text": "   "}, "text"),
+    ({}, "text"),
+    ({"text": "x" * (LIMITS.max_text_chars + 1)}, "text"),
+    ({"text": "word " * (LIMITS.max_text_tokens + 5)}, "text"),
+    ({"text": "hi", "n_future": 0}, "n_future"),
+    ({"text": "hi", "n_future": LIMITS.max_n_future + 1}, "n_future"),
+    ({"text": "hi", "n_future": "four"}, "n_future"),
+    ({"text": "hi", "layers": "99"}, "layers"),
+    ({"text": "hi", "layers": "1-x"}, "layers"),
+    ({"text": "hi", "layers": [-1]}, "layers"),
+    ({"text": "hi", "top_k": 0}, "top_k"),
+    ({"text": "hi", "top_k": LIMITS.max_top_k + 1}, "top_k"),
+    ({"text": "hi", "method": "bogus"}, "method"),
+    ({"text": "hi", "model": "gpt-j-6b"}, "model"),
+    ({"text": "hi", "method": "fixed", "prompt": ""}, "prompt"),
+    ({"text": "hi", "method": "fixed", "prompt": "p" * (LIMITS.max_prompt_chars + 1)}, "prompt"),
+    ([1, 2], "body"),
+]
+
+
+@pytest.mark.parametrize(("payload", "field"), BAD_REQUESTS, ids=[f for _, f in BAD_REQUESTS])
+def test_invalid_post_is_422_naming_the_field_and_stores_nothing(client, payload, field):
+    before = stored_count(client)
+    response = client.post("/lens", json=payload)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == field
+    assert body["message"]
+    assert body["detail"].startswith(f"{field}: ")
+    assert stored_count(client) == before
+
+
+def test_malformed_json_is_422_on_body(client):
+    response = client.post("/lens", content=b'{"text": ', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({}, "text"), ({"text": "hi", "n_future": "x"}, "n_future"), ({"text": "hi", "layers": "40"}, "layers")],
+)
+def test_invalid_get_lens_is_422(client, params, field):
+    response = client.get("/lens", params=params)
+    assert response.status_code == 422
+    assert response.json()["field"] == field
+
+
+def test_future_lens_without_prompts_is_422_on_method(smollm2, tmp_path):
+    bare = TestClient(create_app(Settings(db_path=tmp_path / "g.sqlite3"), LensService(smollm2, tmp_path / "none")))
+    response = bare.post("/lens", json={"text": "hi", "method": "future"})
+    assert response.status_code == 422
+    assert response.json()["field"] == "method"
+    assert "no trained soft prompts" in response.json()["message"]
+    assert bare.app.state.store.count() == 0
+
+
+# ---------- the page and its form ----------
+
+
+def test_index_defaults_to_the_future_lens_when_prompts_exist(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert '<option value="future" selected>' in page.text
+    assert ">Marty McFly from</textarea>" in page.text
+    assert "Future lens unavailable" not in page.text
+
+
+def test_index_falls_back_to_the_logit_lens_without_prompts(smollm2, tmp_path):
+    bare = TestClient(create_app(Settings(db_path=tmp_path / "g.sqlite3"), LensService(smollm2, tmp_path / "none")))
+    page = bare.get("/")
+    assert re.search(r'<option value="future"[^>]* disabled>', page.text)
+    assert '<option value="logit" selected>' in page.text
+    assert "Future lens unavailable" in page.text
+    assert bare.get("/healthz").json()["prompt_layers"] == []
+
+
+def test_htmx_form_returns_the_grid_fragment_and_pushes_the_permalink(client):
+    form = {"text": "One two", "method": "logit", "n_future": "1", "stride": "10"}
+    response = client.post("/grid", data=form, headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    grid_id_ = response.headers["hx-push-url"].removeprefix("/g/")
+    assert is_grid_id(grid_id_)
+    assert "<html" not in response.text
+    stored = client.get(f"/g/{grid_id_}.json").json()
+    assert stored["layers"] == [0, 10, 20, 29]
+    assert response.text.count('class="cell ') == 4 * len(stored["tokens"])
+
+
+def test_plain_form_post_redirects_to_the_permalink(client):
+    form = {"text": "One two", "method": "logit", "n_future": "1", "stride": "10"}
+    response = client.post("/grid", data=form, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/g/")
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"text": "hi", "method": "logit", "n_future": "1", "stride": "0"}, "stride"),
+        ({"text": "hi", "method": "logit", "n_future": "1", "stride": "two"}, "stride"),
+        ({"text": "hi", "method": "logit", "n_future": "0", "stride": "1"}, "n_future"),
+        ({"text": "", "method": "logit", "n_future": "1", "stride": "1"}, "text"),
+        (
+            {
+                "text": "hi",
+                "method": "fixed",
+                "n_future": "1",
+                "stride": "1",
+                "prompt": "p" * (LIMITS.max_prompt_chars + 1),
+            },
+            "prompt",
+        ),
+    ],
+)
+def test_invalid_form_shows_the_message_inline(client, form, field):
+    before = stored_count(client)
+    fragment = client.post("/grid", data=form, headers={"HX-Request": "true"})
+    assert fragment.status_code == 422
+    assert f'data-field="{field}"' in fragment.text
+    page = client.post("/grid", data=form)
+    assert page.status_code == 422
+    assert f'data-field="{field}"' in page.text and "<textarea" in page.text
+    assert stored_count(client) == before
+
+
+def test_token_text_is_escaped_in_the_page(client):
+    text = "<script>alert(1)</script> <img src=x onerror=alert(1)>"
+    grid = client.post("/lens", json={"text": text, "method": "logit", "layers": [0, 29]}).json()
+    page = client.get(grid["permalink"])
+    html = page.text
+    assert "<script>alert" not in html
+    assert "<img src=x" not in html
+    assert html.count("<script") == 3  # htmx, lens.js and the JSON data island, nothing else
+    assert "&lt;" in html
+    island = re.search(r'<script type="application/json" id="grid-data">(.*?)</script>', html, re.S).group(1)
+    assert "<" not in island
+    assert json.loads(island)["tokens"] == [token["text"] for token in grid["tokens"]]
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+def test_healthz_reports_the_model_and_prompt_layers(client, smollm2):
+    health = client.get("/healthz").json()
+    assert health["model"] == smollm2.id
+    assert health["fingerprint"] == smollm2.fingerprint
+    assert health["device"] == "cpu" and health["dtype"] == "float32"
+    assert health["prompt_layers"] == list(PROMPT_LAYERS)
+
+
+def test_openapi_has_lens_examples(client):
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/lens"]["post"]
+    examples = post["requestBody"]["content"]["application/json"]["examples"]
+    assert {"future", "logit", "fixed"} <= set(examples)
+    assert "422" in post["responses"]
+    assert "/g/{grid_id}.json" in schema["paths"]
+    assert "/grid" not in schema["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_static_assets_are_served_locally(client):
+    htmx = client.get("/static/vendor/htmx.min.js")
+    assert htmx.status_code == 200
+    assert "htmx" in htmx.text[:200]
+    assert client.get("/static/lens.js").status_code == 200
+
+
+# ---------- /about ----------
+
+
+def test_about_renders_without_a_report(client):
+    page = client.get("/about")
+    assert page.status_code == 200
+    assert "No evaluation report" in page.text
+    assert "arxiv.org/abs/2311.04897" in page.text
+    assert client.get("/about/eval.png").status_code == 404
+
+
+def test_about_shows_the_report_when_present(service, tmp_path):
+    for name in ("templates", "static"):
+        (tmp_path / name).symlink_to(SOURCE_ROOT / name)
+    report = tmp_path / "reports" / service.model.id
+    report.mkdir(parents=True)
+    (report / "eval.json").write_text(
+        json.dumps({"examples": 200, "layers": [{"layer": 0, "p@1": {"N1": 0.25}}, {"layer": 15, "p@1": {"N1": 0.4}}]})
+    )
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+    (report / "eval.png").write_bytes(png)
+    app = create_app(Settings(db_path=tmp_path / "g.sqlite3", assets_dir=tmp_path), service=service)
+    about = TestClient(app).get("/about")
+    assert about.status_code == 200
+    assert 'src="/about/eval.png"' in about.text
+    assert "p@1.N1" in about.text and "0.400" in about.text
+    plot = TestClient(app).get("/about/eval.png")
+    assert plot.status_code == 200 and plot.content == png
+
+
+@pytest.mark.parametrize(
+    ("data", "columns", "n_rows"),
+    [
+        ([{"layer": 1, "p": 0.5}, {"layer": 2, "q": 1}], ["layer", "p", "q"], 2),
+        ({"layers": {"0": {"p": 0.1}, "1": {"p": 0.2}}}, ["layers", "p"], 2),
+        ({"0": {"p": 0.1}}, ["key", "p"], 1),
+        ({"examples": 10}, [], 0),
+    ],
+)
+def test_report_table_reads_common_layouts(data, columns, n_rows):
+    table = report_table(data)
+    assert table is not None
+    assert table.columns == columns
+    assert len(table.rows) == n_rows
+
+
+def test_report_table_of_nothing_tabular_is_none():
+    assert report_table([1, 2, 3]) is None
+
+
+# ---------- the store ----------
+
+
+def test_grid_id_is_deterministic_and_short():
+    request = {"text": "a", "layers": [0, 1]}
+    assert grid_id(request) == grid_id(dict(reversed(request.items())))
+    assert grid_id(request) != grid_id({"text": "b", "layers": [0, 1]})
+    assert is_grid_id(grid_id(request))
+    assert is_grid_id(grid_id({"text": "\ud800 lone surrogate"}))
+
+
+@pytest.mark.parametrize("make", [MemoryGridStore, "sqlite"])
+def test_store_put_is_idempotent(make, tmp_path):
+    store = SQLiteGridStore(tmp_path / "s.sqlite3") if make == "sqlite" else make()
+    first = StoredGrid("aaaaaaaaaaaa", "m", "{}", '{"v":1}', 1.0)
+    assert store.put(first) == first
+    assert store.put(StoredGrid("aaaaaaaaaaaa", "m", "{}", '{"v":2}', 2.0)) == first
+    assert store.get("aaaaaaaaaaaa") == first
+    assert store.get("bbbbbbbbbbbb") is None
+    assert store.count() == 1
+
+
+def test_sqlite_store_file_is_private_and_in_wal_mode(tmp_path):
+    path = tmp_path / "sub" / "grids.sqlite3"
+    SQLiteGridStore(path).close()
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open the permalink database"):
+        SQLiteGridStore(path)
+
+
+def test_prompt_dir_fixture_layers(smollm2, tmp_path):
+    """The helper writes loadable prompts (guards the other tests' assumptions)."""
+    service = LensService(smollm2, prompt_dir=random_prompt_dir(tmp_path, smollm2, layers=(3,)))
+    assert service.soft_prompts is not None and sorted(service.soft_prompts.prompts) == [3]
