@@ -142,3 +142,83 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- training (issue 4): thin wrappers over app.training.pipeline ---
+
+LimitOption = Annotated[
+    int | None, typer.Option(help="cap train and dev examples (quick runs, CI); changes the dataset cache key")
+]
+CorpusOption = Annotated[Path | None, typer.Option(help="JSONL with a `text` field, a .txt file or a folder of .txt")]
+LayersOption = Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")]
+
+
+@cli.command()
+def train(
+    model: ModelOption = "smollm2-135m-instruct",
+    layers: LayersOption = "all",
+    examples: Annotated[int, typer.Option(help="training examples per layer (paper: 10000)")] = 10_000,
+    batch: Annotated[int, typer.Option(help="examples per AdamW step (paper: 8)")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 5e-4)")] = 5e-4,
+    targets: Annotated[str, typer.Option(help="future offsets in the loss, e.g. 1 or 0,1,2,3")] = "1",
+    init: Annotated[str, typer.Option(help="fixed (the paper's fixed prompt's embeddings) or normal")] = "fixed",
+    seed: Annotated[int, typer.Option(help="data split, example order and init seed")] = 0,
+    corpus: CorpusOption = None,
+    limit: LimitOption = None,
+    prompt_dir: Annotated[
+        Path | None, typer.Option(help="where to write the prompts (default checkpoints/<model>)")
+    ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="where the learning curve goes (default reports/<model>)")
+    ] = None,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
+) -> None:
+    """Train one soft prompt per layer (resumable: rerun the same command to continue)."""
+    from app.training.pipeline import PipelineError, run_train
+
+    try:
+        written = run_train(
+            model,
+            layers,
+            examples,
+            batch,
+            lr,
+            targets,
+            init,
+            seed,
+            corpus,
+            limit,
+            prompt_dir,
+            report_dir,
+            device,
+            dtype,
+        )
+    except (PipelineError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"wrote {written}")
+
+
+@cli.command("eval")
+def evaluate(
+    model: ModelOption = "smollm2-135m-instruct",
+    layers: LayersOption = "all",
+    seed: Annotated[int, typer.Option(help="the data seed used for training")] = 0,
+    corpus: CorpusOption = None,
+    limit: LimitOption = None,
+    prompt_dir: Annotated[Path | None, typer.Option(help="trained prompts (default checkpoints/<model>)")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="where eval.json/png/svg go (default reports/<model>)")
+    ] = None,
+    probe_epochs: Annotated[int, typer.Option(help="fine-tune epochs of the linear baselines")] = 2,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
+) -> None:
+    """Evaluate the learned prompts and every baseline on the dev split; write the report and the plot."""
+    from app.training.pipeline import PipelineError, run_eval
+
+    try:
+        written = run_eval(model, layers, seed, corpus, limit, prompt_dir, report_dir, probe_epochs, device, dtype)
+    except (PipelineError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"wrote {written}")

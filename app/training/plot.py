@@ -1,0 +1,120 @@
+"""Figure-4-style plot: precision@1 vs layer depth, one panel per N, every method; the paper's GPT-J curve dashed.
+
+`figure_data` turns a report into plain series (testable without matplotlib); `render_figure` draws them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PAPER_REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "paper-figure4.json"
+LABELS = {
+    "learned_prompt": "learned prompt",
+    "fixed_prompt": "fixed prompt",
+    "logit_lens": "logit lens",
+    "bigram": "bigram",
+    "linear_model": "linear model approx.",
+    "linear_vocab": "linear vocab probe",
+}
+
+
+def load_paper_reference(path: Path = PAPER_REFERENCE) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def figure_data(report: dict, paper: dict | None = None) -> dict:
+    """Panels N0..N3, each a list of series {label, x (depth = (layer+1)/n_layers), y, dashed}."""
+    n_layers = report["n_layers"]
+    panels: dict[str, list[dict]] = {}
+    for n in range(4):
+        key = f"N{n}"
+        series = []
+        for method, result in report["methods"].items():
+            points = sorted(
+                (int(layer), values[key]["p1"]) for layer, values in result["layers"].items() if key in values
+            )
+            if points:
+                x = [round((layer + 1) / n_layers, 4) for layer, _ in points]
+                series.append(
+                    {"label": LABELS.get(method, method), "x": x, "y": [p for _, p in points], "dashed": False}
+                )
+        curve = (paper or {}).get("precision_at_1_prompt_trained_on_N1", {}).get("learned_prompt", {}).get(key)
+        if curve:
+            depth = len(curve)
+            pairs = [((i + 1) / depth, value) for i, value in enumerate(curve) if value is not None]
+            series.append(
+                {
+                    "label": "paper GPT-J learned prompt",
+                    "x": [round(x, 4) for x, _ in pairs],
+                    "y": [y for _, y in pairs],
+                    "dashed": True,
+                }
+            )
+        panels[key] = series
+    return {"title": f"{report['model_id']}: precision@1 vs depth (dev, teacher-forced)", "panels": panels}
+
+
+def learning_curve_data(curve: list[dict]) -> dict:
+    """Series per N: mean over layers and best layer of dev precision@1 vs training examples."""
+    points = sorted(curve, key=lambda p: p["examples"])
+    series = []
+    for n in range(4):
+        key = f"N{n}"
+        values = [[layer[key]["p1"] for layer in p["layers"].values()] for p in points]
+        x = [p["examples"] for p in points]
+        series.append(
+            {"label": f"N={n} mean over layers", "x": x, "y": [sum(v) / len(v) for v in values], "dashed": True}
+        )
+        series.append({"label": f"N={n} best layer", "x": x, "y": [max(v) for v in values], "dashed": False})
+    return {"title": "learned prompt: dev precision@1 vs training examples per layer", "series": series}
+
+
+def _save(figure, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+    return paths
+
+
+def render_figure(data: dict, stem: Path) -> list[Path]:
+    """Draw `figure_data` output to `<stem>.png` and `<stem>.svg`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(data["panels"]), figsize=(4.2 * len(data["panels"]), 3.8), sharey=True)
+    for axis, (key, series) in zip(axes, data["panels"].items(), strict=True):
+        for item in series:
+            style = {"linestyle": "--", "color": "grey"} if item["dashed"] else {"marker": ".", "markersize": 4}
+            axis.plot(item["x"], item["y"], label=item["label"], **style)
+        axis.set_title(f"N = {key[1:]}")
+        axis.set_xlabel("layer / depth")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("precision@1")
+    axes[-1].legend(fontsize=7, loc="best")
+    figure.suptitle(data["title"])
+    paths = _save(figure, stem)
+    plt.close(figure)
+    return paths
+
+
+def render_learning_curve(data: dict, stem: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for item in data["series"]:
+        axis.plot(item["x"], item["y"], label=item["label"], linestyle="--" if item["dashed"] else "-", marker=".")
+    axis.set_xlabel("training examples per layer")
+    axis.set_ylabel("dev precision@1")
+    axis.set_title(data["title"], fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    paths = _save(figure, stem)
+    plt.close(figure)
+    return paths

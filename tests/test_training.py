@@ -1,0 +1,214 @@
+"""Training pipeline: data prep, the KL objective, training, resumability, artifacts, baselines, eval and CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.lens.models import LoadedModel
+from app.lens.prompts import load_soft_prompts, read_manifest
+from app.training import train as train_module
+from app.training.baselines import bigram_table, ridge
+from app.training.data import DataConfig, Dataset, Examples, prepare_dataset, split_documents
+from app.training.objective import kl_divergence, original_log_probs, patched_logits
+from app.training.plot import figure_data, learning_curve_data
+from app.training.train import TrainConfig, group_loss, init_prompts, train_prompts
+from tests.conftest import words
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Datasets and runs go to a temporary folder, never the repository's data-cache/."""
+    monkeypatch.setenv("FUTURE_LENS_DATA_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": words(60, seed=i)}) + "\n" for i in range(20)))
+    return path
+
+
+def tiny_dataset(model: LoadedModel, corpus: Path, n_train: int = 48, n_dev: int = 16) -> Dataset:
+    config = DataConfig(corpus=str(corpus), max_train=n_train, max_dev=n_dev, cuts_per_doc=8)
+    return prepare_dataset(model, config)[0]
+
+
+def test_split_is_by_document_and_seeded():
+    train, dev = split_documents(50, 0.2, seed=3)
+    assert not set(train) & set(dev) and len(train) + len(dev) == 50 and len(dev) == 10
+    assert (train, dev) == split_documents(50, 0.2, seed=3) != split_documents(50, 0.2, seed=4)
+
+
+def test_dataset_matches_the_model_and_is_cached(tiny_gptj, corpus):
+    dataset = tiny_dataset(tiny_gptj, corpus)
+    train = dataset.train
+    assert len(train) == 48 and len(dataset.dev) == 16
+    assert ((train.lengths >= 16) & (train.lengths <= 32)).all()
+    # teacher = the model's own greedy continuation; states = block outputs at the last context token
+    row = 5
+    ids = [*tiny_gptj.context_prefix, *train.contexts[row, : train.lengths[row]].tolist()]
+    generated = tiny_gptj.hf.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert generated[0, len(ids) :].tolist() == train.teacher[row].tolist()
+    with torch.no_grad():
+        out = tiny_gptj.hf(torch.tensor([ids]), output_hidden_states=True)
+    torch.testing.assert_close(train.states[row, 0], out.hidden_states[1][0, -1], atol=1e-4, rtol=1e-4)
+    again = tiny_dataset(tiny_gptj, corpus)
+    assert torch.equal(again.train.states, train.states) and again.meta == dataset.meta
+
+
+def test_kl_is_zero_when_patched_equals_original(tiny_llama, corpus):
+    """Patching a state into its own context reproduces the original distributions at every future offset."""
+    dataset = tiny_dataset(tiny_llama, corpus, n_train=8, n_dev=4)
+    examples = dataset.train.subset(slice(0, 4))
+    for row in range(len(examples)):
+        ids = torch.tensor([*tiny_llama.context_prefix, *examples.contexts[row, : examples.lengths[row]].tolist()])
+        context = tiny_llama.adapter.embed_tokens(ids)[None].detach()
+        layer = row % tiny_llama.adapter.n_layers
+        with torch.no_grad():
+            logits = patched_logits(
+                tiny_llama,
+                context,
+                torch.zeros(1, dtype=torch.long),
+                torch.tensor([layer]),
+                examples.states[row : row + 1, layer],
+                examples.teacher[row : row + 1, :3],
+                keep=4,
+            )
+        log_q = torch.log_softmax(logits.float(), -1)[0]
+        log_p = original_log_probs(tiny_llama, examples.future_final[row])
+        assert kl_divergence(log_p, log_q).max() < 1e-4
+    other = torch.log_softmax(torch.randn(4, 50), -1)
+    assert kl_divergence(other, other).abs().max() < 1e-6
+    assert (kl_divergence(other, other.roll(1, 0)) > 0).all()
+
+
+def test_a_trained_prompt_beats_a_random_one(tiny_gptj, corpus, tmp_path):
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=96, n_dev=16)
+    config = TrainConfig(layers=[1], examples=96, lr=2e-2, init="normal", curve_points=[0], curve_dev=16)
+    state = train_prompts(tiny_gptj, dataset, config, tmp_path / "run", None, progress=False)
+    random_prompt = init_prompts(tiny_gptj, 1, 10, "normal", seed=0)
+    layers = torch.tensor([1])
+    with torch.no_grad():
+        trained = group_loss(tiny_gptj, state.prompts, layers, dataset.dev, (1,)).item()
+        baseline = group_loss(tiny_gptj, random_prompt, layers, dataset.dev, (1,)).item()
+    assert trained < 0.8 * baseline
+    assert [p["examples"] for p in state.curve] == [0, 96]
+
+
+def test_artifacts_round_trip_with_contract_metadata(tiny_gptj, corpus, tmp_path):
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=16, n_dev=8)
+    config = TrainConfig(layers=[0, 2], examples=16, targets=(0, 1, 2, 3), curve_points=[], curve_dev=8)
+    state = train_prompts(tiny_gptj, dataset, config, tmp_path / "run", tmp_path / "prompts", progress=False)
+    loaded = load_soft_prompts(tmp_path / "prompts", tiny_gptj)
+    assert sorted(loaded.prompts) == [0, 2]
+    torch.testing.assert_close(loaded.prompts[2], state.prompts[1].float())
+    meta = loaded.metadata[0]
+    assert meta["trained_on_n"] == "0,1,2,3" and meta["examples"] == "16" and meta["steps"] == "2"
+    assert meta["model_fingerprint"] == tiny_gptj.fingerprint and float(meta["final_loss"]) > 0
+    assert "kl" in meta["objective"]
+    metrics = read_manifest(tmp_path / "prompts")["layers"]["2"]["metrics"]
+    assert 0 <= metrics["N1_p1"] <= 1 and metrics["dev_examples"] == 8
+
+
+def test_training_resumes_where_it_stopped(tiny_gptj, corpus, tmp_path, monkeypatch):
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=32, n_dev=8)
+    config = TrainConfig(layers=[1, 2], examples=32, lr=1e-2, checkpoint_every=1, curve_points=[], curve_dev=8)
+    straight = train_prompts(tiny_gptj, dataset, config, tmp_path / "a", None, progress=False)
+
+    real_save = train_module.save_run
+
+    def crash_after_two(run_dir, state, cfg):
+        real_save(run_dir, state, cfg)
+        if state.step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_run", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_prompts(tiny_gptj, dataset, config, tmp_path / "b", None, progress=False)
+    monkeypatch.setattr(train_module, "save_run", real_save)
+    assert json.loads((tmp_path / "b" / "progress.json").read_text())["step"] == 2
+    resumed = train_prompts(tiny_gptj, dataset, config, tmp_path / "b", None, progress=False)
+    assert resumed.step == straight.step == 4
+    torch.testing.assert_close(resumed.prompts, straight.prompts, atol=1e-6, rtol=1e-5)
+    assert resumed.losses == straight.losses
+
+
+def test_bigram_table_counts_successors():
+    table, seen = bigram_table([[5, 7, 5, 7, 5, 9], [7, 9, 7, 9, 7, 9]], vocab_size=12)
+    assert table[5, :2].tolist() == [7, 9]
+    assert table[7, 0].item() == 9 and seen[7].item() == 5
+
+
+def test_ridge_recovers_a_linear_map():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=generator)
+    weight, bias = torch.randn(6, 3, generator=generator), torch.randn(3, generator=generator)
+    fitted_w, fitted_b = ridge(x, x @ weight + bias, alpha=1e-8)
+    torch.testing.assert_close(fitted_w, weight, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fitted_b, bias, atol=1e-4, rtol=1e-4)
+
+
+def test_figure_data_is_normalised_to_depth():
+    report = {
+        "model_id": "m",
+        "n_layers": 4,
+        "methods": {
+            "learned_prompt": {"layers": {str(i): {f"N{n}": {"p1": 0.1 * i} for n in range(4)} for i in range(4)}}
+        },
+    }
+    paper = {"precision_at_1_prompt_trained_on_N1": {"learned_prompt": {"N1": [0.3, None, 0.5]}}}
+    data = figure_data(report, paper)
+    assert list(data["panels"]) == ["N0", "N1", "N2", "N3"]
+    ours, reference = data["panels"]["N1"]
+    assert ours["x"] == [0.25, 0.5, 0.75, 1.0] and not ours["dashed"]
+    assert reference["dashed"] and reference["x"] == [round(1 / 3, 4), 1.0] and reference["y"] == [0.3, 0.5]
+    curve = learning_curve_data([{"examples": 8, "layers": report["methods"]["learned_prompt"]["layers"]}])
+    assert curve["series"][1]["y"] == [pytest.approx(0.3)]
+
+
+def test_cli_train_and_eval_end_to_end(tiny_gptj, corpus, tmp_path):
+    model_dir = tmp_path / "tiny-gptj"
+    tiny_gptj.hf.save_pretrained(model_dir)
+    tiny_gptj.tokenizer.save_pretrained(model_dir)
+    prompts, reports = tmp_path / "prompts", tmp_path / "reports"
+    common = ["--model", str(model_dir), "--corpus", str(corpus), "--limit", "16", "--report-dir", str(reports)]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", *common, "--layers", "all", "--prompt-dir", str(prompts)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in prompts.glob("layer_*.safetensors")) == [
+        f"layer_{i:02d}.safetensors" for i in range(3)
+    ]
+    assert (reports / "learning_curve.png").is_file()
+    result = runner.invoke(cli, ["eval", *common, "--prompt-dir", str(prompts), "--probe-epochs", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((reports / "eval.json").read_text())
+    assert set(report["methods"]) == {
+        "learned_prompt",
+        "fixed_prompt",
+        "logit_lens",
+        "bigram",
+        "linear_model",
+        "linear_vocab",
+    }
+    assert report["dev_examples"] == 16 and "N1" in report["headline"]["margins"]
+    assert (reports / "eval.png").is_file() and (reports / "eval.svg").is_file()
+    assert read_manifest(prompts)["layers"]["1"]["metrics"]["dev_examples"] == 16
+    bad = runner.invoke(cli, ["train", *common, "--targets", "7"])
+    assert bad.exit_code == 2 and "--targets" in bad.output
+
+
+def test_layer_rows_pair_each_layer_with_its_states(tiny_gptj, corpus):
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=8, n_dev=4)
+    batch: Examples = dataset.train.subset(slice(0, 3))
+    rows = train_module.layer_rows(torch.tensor([2, 0]), batch, (1, 1))
+    assert rows["layers"].tolist() == [2, 2, 2, 0, 0, 0]
+    torch.testing.assert_close(rows["states"][4], batch.states[1, 0])
+    assert rows["teacher"].shape == (6, 1)
+    assert asdict(DataConfig(corpus="x"))["max_context"] == 32
