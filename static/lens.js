@@ -9,12 +9,12 @@
 
   function $(selector, root) { return (root || document).querySelector(selector); }
 
-  /* ---------- grid data (the JSON island rendered with the grid) ---------- */
+  /* ---------- grid data (JSON text in a <template> rendered with the grid) ---------- */
 
   function gridData() {
     var island = document.getElementById("grid-data");
     if (!island) return null;
-    if (!island._parsed) island._parsed = JSON.parse(island.textContent);
+    if (!island._parsed) island._parsed = JSON.parse((island.content || island).textContent);
     return island._parsed;
   }
 

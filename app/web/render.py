@@ -61,6 +61,11 @@ class RowView:
     prompt_layer: int | None
     cells: list[CellView]
 
+    @property
+    def borrowed(self) -> bool:
+        """True when this layer's cells used another layer's trained prompt (future lens only)."""
+        return self.prompt_layer is not None and self.prompt_layer != self.layer
+
 
 @dataclass(frozen=True)
 class GridView:

@@ -1,0 +1,247 @@
+"""Browser tests: Playwright drives Debian's Chromium against a real uvicorn server on loopback.
+
+Load the page, submit with Ctrl+Enter, read the grid, hover/click/keyboard popovers, open the permalink in a new
+page, and check that token text containing HTML stays text (no dialog, no injected element, no CSP violation).
+A screenshot of the grid goes to tests/artifacts/grid.png for people to look at.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from app.config import Settings
+from app.lens.display import visible_whitespace
+from app.lens.source import tokenize
+from app.web.app import create_app
+from tests.webapp_helpers import service_with_prompts
+
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+XSS_TEXT = "<script>alert(1)</script> <img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def base_url(smollm2, tmp_path_factory):
+    """A uvicorn server in a thread, on a socket already bound to a free loopback port."""
+    service = service_with_prompts(tmp_path_factory.mktemp("prompts"), smollm2)
+    app = create_app(Settings(db_path=tmp_path_factory.mktemp("db") / "grids.sqlite3"), service=service)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Watched:
+    """A page plus what it did that it should not have: dialogs, CSP violations, page errors."""
+
+    def __init__(self, browser):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.page = self.context.new_page()
+        self.dialogs: list[str] = []
+        self.problems: list[str] = []
+        self.page.on("dialog", self._on_dialog)
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.page.on("console", self._on_console)
+
+    def _on_dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def _on_console(self, message) -> None:
+        if message.type == "error" or "Content Security Policy" in message.text:
+            self.problems.append(f"console {message.type}: {message.text}")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def watched(browser):
+    watched = Watched(browser)
+    yield watched
+    watched.close()
+
+
+def submit(page, text: str, *, method: str | None = None, n_future: int = 2, stride: int = 10) -> None:
+    """Fill the form and submit it with Ctrl+Enter, then wait for the swapped-in grid."""
+    if method:
+        page.select_option("#method", method)
+    page.fill("#n_future", str(n_future))
+    page.fill("#stride", str(stride))
+    page.fill("#text", text)
+    page.focus("#text")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#result table.grid", timeout=120_000)
+
+
+def header_texts(page) -> list[str]:
+    return page.locator("table.grid thead th.tok-head .tok").all_inner_texts()
+
+
+def test_submit_shows_the_grid_with_progress_and_permalink(base_url, watched, smollm2):
+    page = watched.page
+    page.goto(base_url + "/")
+    assert page.input_value("#method") == "future"
+    assert page.input_value("#text") == "Marty McFly from"
+    page.evaluate(
+        """() => {
+            window.__progressSeen = false;
+            const progress = document.getElementById("progress");
+            new MutationObserver(() => {
+                if (progress.classList.contains("htmx-request") && getComputedStyle(progress).display !== "none")
+                    window.__progressSeen = true;
+            }).observe(progress, {attributes: true});
+        }"""
+    )
+    text = "Marty McFly from the future"
+    submit(page, text, n_future=3, stride=5)
+    layers = [0, 5, 10, 15, 20, 25, 29]
+    tokens = tokenize(smollm2, text)
+    assert page.evaluate("window.__progressSeen") is True
+    assert page.locator("table.grid tbody tr").count() == len(layers)
+    row_heads = page.locator("table.grid tbody th.layer-head").all_inner_texts()
+    assert [head.rstrip("*") for head in row_heads] == [str(layer) for layer in layers]  # * = borrowed prompt
+    assert page.locator("table.grid thead th.tok-head").count() == len(tokens)
+    assert page.locator("table.grid td.cell").count() == len(layers) * len(tokens)
+    assert page.locator("table.grid tfoot td.next").count() == len(tokens)
+    assert header_texts(page) == [visible_whitespace(smollm2.tokenizer.decode([token])) for token in tokens]
+    assert re.search(r"/g/[a-z2-7]{12}$", page.url), page.url  # htmx pushed the permalink
+    assert page.locator("#permalink").get_attribute("href") == page.url.removeprefix(base_url)
+    assert page.locator("button.copy").is_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "grid.png"), full_page=True)
+    assert not watched.problems, watched.problems
+
+
+def test_hover_click_and_keyboard_show_probabilities(base_url, watched):
+    page = watched.page
+    page.goto(base_url + "/")
+    submit(page, "The cat sat", stride=10)
+    popover = page.locator("#popover")
+    last_row_first_cell = page.locator("table.grid tbody tr").last.locator("td.cell").first
+    last_row_first_cell.hover()
+    popover.wait_for(state="visible")
+    text = popover.text_content()
+    assert "Layer 29" in text
+    assert re.search(r"\d+(\.\d)?%", text)
+    assert "Top 5 for the first token" in text
+    assert "actual next token" in text
+    page.mouse.move(1, 1)
+    popover.wait_for(state="hidden")
+
+    last_row_first_cell.click()  # pinned: stays while the mouse moves away
+    page.mouse.move(1, 1)
+    assert popover.is_visible()
+    page.keyboard.press("Escape")
+    popover.wait_for(state="hidden")
+
+    first = page.locator('td.cell[data-r="0"][data-c="0"]')
+    first.focus()
+    popover.wait_for(state="visible")
+    assert "Layer 0 · after token 0" in popover.text_content()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    focused = page.evaluate("[document.activeElement.dataset.r, document.activeElement.dataset.c]")
+    assert focused == ["1", "1"]
+    assert "Layer 10 · after token 1" in popover.text_content()
+    assert not watched.problems, watched.problems
+
+
+def test_permalink_opens_the_same_grid_in_a_new_page(base_url, watched, browser):
+    page = watched.page
+    page.goto(base_url + "/")
+    submit(page, "Back to the", stride=10)
+    grid_text = page.locator("table.grid").inner_text()
+    permalink = page.locator("#permalink").get_attribute("href")
+    other = Watched(browser)
+    try:
+        other.page.goto(base_url + permalink)
+        other.page.wait_for_selector("table.grid")
+        assert other.page.locator("table.grid").inner_text() == grid_text
+        assert other.page.input_value("#text") == "Back to the"
+        assert other.page.input_value("#stride") == "10"
+        other.page.locator("td.cell").first.hover()
+        other.page.locator("#popover").wait_for(state="visible")
+        assert not other.problems, other.problems
+    finally:
+        other.close()
+
+
+def test_html_in_the_text_is_shown_as_text_and_never_runs(base_url, watched, smollm2):
+    page = watched.page
+    page.goto(base_url + "/")
+    submit(page, XSS_TEXT, method="logit", stride=29)
+    tokens = tokenize(smollm2, XSS_TEXT)
+    assert "".join(header_texts(page)) == visible_whitespace("".join(smollm2.tokenizer.decode([t]) for t in tokens))
+    page.locator("td.cell").first.hover()
+    page.locator("#popover").wait_for(state="visible")
+    permalink = page.locator("#permalink").get_attribute("href")
+    page.goto(base_url + permalink)  # the full-page rendering path too
+    page.wait_for_selector("table.grid")
+    assert page.input_value("#text") == XSS_TEXT
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.evaluate("document.querySelectorAll('script:not([src])').length") == 0
+    page.wait_for_timeout(300)
+    assert watched.dialogs == []
+    assert not watched.problems, watched.problems
+
+
+def test_invalid_input_is_reported_inline(base_url, watched):
+    page = watched.page
+    page.goto(base_url + "/")
+    page.select_option("#method", "logit")
+    page.fill("#text", "word " * 100)
+    page.locator("#submit").click()
+    error = page.locator("#result .form-error")
+    error.wait_for()
+    assert "text" in error.inner_text() and "limit" in error.inner_text()
+    assert page.locator("#text").get_attribute("aria-invalid") == "true"
+    assert not [problem for problem in watched.problems if "422" not in problem], watched.problems
+
+
+def test_about_page_loads_cleanly(base_url, watched):
+    page = watched.page
+    page.goto(base_url + "/about")
+    assert "What the grid shows" in page.locator("h1").inner_text()
+    assert not watched.problems, watched.problems
