@@ -194,6 +194,11 @@ def test_permalink_opens_the_same_grid_in_a_new_page(base_url, watched, browser)
     submit(page, "Back to the", stride=10)
     grid_text = page.locator("table.grid").inner_text()
     permalink = page.locator("#permalink").get_attribute("href")
+    watched.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+    copy = page.locator("button.copy")
+    copy.click()
+    assert copy.inner_text() == "Copied ✓"
+    assert page.evaluate("navigator.clipboard.readText()") == base_url + permalink
     other = Watched(browser)
     try:
         other.page.goto(base_url + permalink)
