@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     port: int = 8000
     db_path: Path = Path("future-lens.sqlite3")
     prompt_dir: Path | None = None
+    max_queue: int = Field(16, description="grids waiting for the model at most; more get 503 + Retry-After")
+    request_timeout_s: float = Field(120.0, description="deadline of one grid request; later answers are 504")
     assets_dir: Path | None = Field(
         None, description="folder holding templates/, static/ and reports/ (default: the source checkout, else cwd)"
     )

@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,9 @@ class Ticket:
             return self.future.result(timeout=timeout)
         except TimeoutError:
             self.give_up()
-            raise DeadlineExceededError(f"no result within {timeout:.0f} s") from None
+            raise DeadlineExceededError(f"no result within {timeout or 0:.0f} s") from None
+        except CancelledError:
+            raise WorkerStoppedError("the request was dropped before it was computed; retry") from None
 
     def give_up(self) -> None:
         self._worker._release(self._job)

@@ -38,6 +38,8 @@ LENS_EXAMPLES = {
 }
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorBody, "description": "invalid request: `field` names the offending field"},
+    503: {"model": ErrorBody, "description": "too many grids are waiting: retry after `Retry-After` seconds"},
+    504: {"model": ErrorBody, "description": "the grid was not computed within the server's deadline"},
 }
 
 
@@ -67,12 +69,12 @@ def grid_response(kept: KeptGrid) -> Response:
     response_model=None,
     responses={200: {"model": GridDocument, "description": "the grid document"}, **ERROR_RESPONSES},
 )
-def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_examples=LENS_EXAMPLES)]) -> Response:
+async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_examples=LENS_EXAMPLES)]) -> Response:
     """The grid of `text`: one row per layer, one column per token, N predicted tokens per cell.
 
     Identical requests (same model, weights, prompts and normalised parameters) are served from the store.
     """
-    return grid_response(keeper_of(request).get_or_compute(body))
+    return grid_response(await keeper_of(request).get_or_compute_async(body, request.is_disconnected))
 
 
 @router.get(
@@ -81,7 +83,7 @@ def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_exampl
     response_model=None,
     responses={200: {"model": GridDocument, "description": "the grid document"}, **ERROR_RESPONSES},
 )
-def get_lens(
+async def get_lens(
     request: Request,
     text: Annotated[str, Query(description="the input text", examples=["Marty McFly from"])],
     method: Annotated[Method, Query(description="future, logit or fixed")] = "future",
@@ -95,7 +97,7 @@ def get_lens(
     grid_request = parse_request(
         text=text, method=method, n_future=n_future, layers=layers, top_k=top_k, prompt=prompt, model=model
     )
-    return grid_response(keeper_of(request).get_or_compute(grid_request))
+    return grid_response(await keeper_of(request).get_or_compute_async(grid_request, request.is_disconnected))
 
 
 @router.get(

@@ -17,6 +17,7 @@ from app.web import api, pages
 from app.web.errors import install_error_handlers
 from app.web.keeper import GridKeeper
 from app.web.render import asset_version, template_environment
+from app.worker import InferenceWorker
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 DESCRIPTION = """
@@ -45,19 +46,21 @@ def create_app(
     settings = settings or Settings()
     service = service or LensService.load(settings.model, settings.device, settings.dtype, settings.prompt_dir)
     store = store or SQLiteGridStore(settings.db_path)
+    keeper = GridKeeper(service, store, InferenceWorker(settings.max_queue, settings.request_timeout_s))
     root = assets_root(settings)
     static_dir = root / "static"
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        keeper.worker.stop()
         store.close()
 
     app = FastAPI(title="Future Lens", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.service = service
     app.state.store = store
-    app.state.keeper = GridKeeper(service, store)
+    app.state.keeper = keeper
     app.state.templates = template_environment(root / "templates")
     app.state.reports_dir = root / "reports"
     app.state.asset_version = asset_version(static_dir)

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.service import InvalidRequestError
+from app.web.keeper import ClientGoneError
+from app.worker import DeadlineExceededError, QueueFullError, WorkerStoppedError
 
 log = logging.getLogger("future_lens.web")
 LOCATION_PREFIXES = {"body", "query", "path", "form", "header", "cookie"}
@@ -50,11 +52,31 @@ def first_validation_error(errors: Sequence[dict]) -> tuple[str, str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """422 for invalid requests (FastAPI's and the service's alike), a bare 500 for anything unexpected."""
+    """422 for invalid requests, 503 (+ Retry-After) when busy, 504 past the deadline, a bare 500 otherwise."""
 
     @app.exception_handler(InvalidRequestError)
     async def invalid_request(_: Request, error: InvalidRequestError) -> JSONResponse:
         return error_response(422, error.field, error.message)
+
+    @app.exception_handler(QueueFullError)
+    async def busy(_: Request, error: QueueFullError) -> JSONResponse:
+        response = error_response(503, None, str(error))
+        response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
+
+    @app.exception_handler(WorkerStoppedError)
+    async def dropped(_: Request, error: WorkerStoppedError) -> JSONResponse:
+        response = error_response(503, None, str(error))
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(DeadlineExceededError)
+    async def too_slow(_: Request, error: DeadlineExceededError) -> JSONResponse:
+        return error_response(504, None, f"the grid took too long to compute ({error}); try fewer layers or tokens")
+
+    @app.exception_handler(ClientGoneError)
+    async def client_gone(_: Request, error: ClientGoneError) -> JSONResponse:
+        return error_response(499, None, str(error))  # nobody reads it: the client has left
 
     @app.exception_handler(RequestValidationError)
     async def invalid_shape(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -4,15 +4,18 @@ The permalink id hashes everything that determines a grid: the canonical request
 the fixed prompt), the model's id, weights fingerprint and dtype, and the hashes of the soft prompts used. So an
 identical request is served from the store, and a retrained prompt gives a new id instead of changing old links.
 
-All model work goes through `GridKeeper._compute`, serialised by one lock: a later bounded inference queue can
-replace that method without touching the routes.
+All model work runs on one `InferenceWorker` (app/worker.py): a bounded queue in front of a single thread, so the
+model never runs two requests at once, identical concurrent requests are computed once (single flight keyed by the
+permalink id), a full queue is refused at once and work nobody waits for any more is skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +24,11 @@ from app.lens.grid import SCHEMA, Grid
 from app.lens.lenses import FixedPromptLens, FutureLens, Lens
 from app.service import GridRequest, LensService
 from app.store import GridStore, StoredGrid, grid_id, new_stored_grid
+from app.worker import DeadlineExceededError, InferenceWorker, Ticket
+
+
+class ClientGoneError(RuntimeError):
+    """The client disconnected while its grid was waiting to be computed."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +63,25 @@ def tensor_hash(tensor: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+def _awaitable_done(ticket: Ticket) -> asyncio.Future[None]:
+    """An asyncio future set when the ticket's job ends; cancelling it never cancels the shared job."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def notify(_: object) -> None:
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    ticket.future.add_done_callback(notify)
+    return done
+
+
 class GridKeeper:
     """Serves grids for one `LensService`, storing each new grid in `store` under its permalink id."""
 
-    def __init__(self, service: LensService, store: GridStore):
+    def __init__(self, service: LensService, store: GridStore, worker: InferenceWorker | None = None):
         self.service = service
         self.store = store
-        self._compute_lock = threading.Lock()  # one forward on the model at a time
+        self.worker = worker or InferenceWorker()
         self._prompt_hashes: dict[int, str] = {}
 
     def _prompt_hash(self, lens: FutureLens, layer: int) -> str:
@@ -91,15 +111,22 @@ class GridKeeper:
             canonical["prompt_hashes"] = {str(layer): self._prompt_hash(lens, layer) for layer in used}
         return canonical
 
-    def _compute(self, request: GridRequest) -> Grid:
-        """Run the model (the caller holds the compute lock: the service leaves serialising to its caller)."""
-        return self.service.compute(request)
+    def _compute_and_store(self, key: str, canonical: dict[str, object], request: GridRequest) -> KeptGrid:
+        """Runs on the worker thread: compute the grid unless it was stored meanwhile, then store it."""
+        stored = self.store.get(key)
+        if stored is not None:
+            return KeptGrid.from_stored(stored, cached=True)
+        grid: Grid = self.service.compute(request)
+        document = {**grid.model_dump(mode="json", by_alias=True), "id": key, "permalink": permalink_path(key)}
+        document_json = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        stored = self.store.put(new_stored_grid(key, self.service.model.id, canonical, document_json))
+        return KeptGrid.from_stored(stored, cached=False)
 
-    def get_or_compute(self, request: GridRequest) -> KeptGrid:
-        """The stored grid for `request` if there is one, else compute, store and return it.
+    def lookup_or_submit(self, request: GridRequest) -> KeptGrid | Ticket:
+        """The stored grid if there is one, else a ticket for its computation on the worker.
 
-        Raises `InvalidRequestError` before anything is computed or stored when the request is invalid.
-        Identical concurrent requests compute once: the later ones find the grid stored once they get the lock.
+        Raises `InvalidRequestError` before anything is queued or stored when the request is invalid, and
+        `QueueFullError` when too many grids are already waiting.
         """
         lens, layers = self.service.validate(request)
         canonical = self.canonical_request(request, lens, layers)
@@ -107,15 +134,32 @@ class GridKeeper:
         stored = self.store.get(key)
         if stored is not None:
             return KeptGrid.from_stored(stored, cached=True)
-        with self._compute_lock:
-            stored = self.store.get(key)
-            if stored is not None:
-                return KeptGrid.from_stored(stored, cached=True)
-            grid = self._compute(request)
-            document = {**grid.model_dump(mode="json", by_alias=True), "id": key, "permalink": permalink_path(key)}
-            document_json = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-            stored = self.store.put(new_stored_grid(key, self.service.model.id, canonical, document_json))
-        return KeptGrid.from_stored(stored, cached=False)
+        return self.worker.submit(key, lambda: self._compute_and_store(key, canonical, request))
+
+    def get_or_compute(self, request: GridRequest) -> KeptGrid:
+        """Blocking form of `lookup_or_submit`: wait (up to the worker's deadline) for the grid."""
+        outcome = self.lookup_or_submit(request)
+        return outcome if isinstance(outcome, KeptGrid) else outcome.result(self.worker.default_timeout_s)
+
+    async def get_or_compute_async(
+        self, request: GridRequest, disconnected: Callable[[], Awaitable[bool]], poll_s: float = 0.25
+    ) -> KeptGrid:
+        """Await the grid without holding a thread; give the work up if the client leaves or the deadline passes."""
+        outcome = await asyncio.to_thread(self.lookup_or_submit, request)
+        if isinstance(outcome, KeptGrid):
+            return outcome
+        waiting = _awaitable_done(outcome)
+        deadline = time.monotonic() + self.worker.default_timeout_s
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=poll_s)
+            if done:
+                return outcome.result(timeout=0)
+            if await disconnected():
+                outcome.give_up()
+                raise ClientGoneError("the client disconnected before its grid was computed")
+            if time.monotonic() > deadline:
+                outcome.give_up()
+                raise DeadlineExceededError(f"no result within {self.worker.default_timeout_s:.0f} s")
 
     def lookup(self, grid_id: str) -> KeptGrid | None:
         """A stored grid by id (no computation)."""
