@@ -60,21 +60,14 @@ def run_clients(url: str, clients: int, requests: int, cached_share: float, time
     return threads, latencies, statuses
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=10)
-    parser.add_argument("--cached-share", type=float, default=0.3)
-    parser.add_argument("--timeout", type=float, default=120)
-    args = parser.parse_args()
+def run_load(clients: int, requests: int, cached_share: float = 0.3, timeout_s: float = 120) -> dict[str, object]:
+    """Start a server on a fresh DB, run the clients to the end while polling /healthz, and summarise."""
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(Path(tmp) / "load.sqlite3").start()
         try:
             rss_before = server.rss_mb()
             started = time.perf_counter()
-            threads, latencies, statuses = run_clients(
-                server.url, args.clients, args.requests, args.cached_share, args.timeout
-            )
+            threads, latencies, statuses = run_clients(server.url, clients, requests, cached_share, timeout_s)
             health: Counter[int | str] = Counter()
             while any(thread.is_alive() for thread in threads):
                 try:
@@ -87,21 +80,29 @@ def main() -> None:
         finally:
             server.stop()
     ordered = sorted(latencies)
-    result = {
-        "clients": args.clients,
+    return {
+        "clients": clients,
         "requests": len(latencies),
         "seconds": round(elapsed, 2),
         "throughput_rps": round(len(latencies) / elapsed, 2),
         "p50_ms": round(statistics.median(ordered) * 1000, 1),
         "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 1),
         "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
-        "unexpected_5xx": sum(
-            v for k, v in statuses.items() if isinstance(k, int) and k >= 500 and k not in (503, 504)
-        ),
+        "unexpected_5xx": sum(n for status, n in statuses.items() if is_unexpected_5xx(status)),
         "healthz": {str(k): v for k, v in health.items()},
         "rss_mb_before": round(rss_before, 1),
         "rss_mb_after": round(rss_after, 1),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--cached-share", type=float, default=0.3)
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args()
+    result = run_load(args.clients, args.requests, args.cached_share, args.timeout)
     print(
         f"{result['requests']} requests from {args.clients} clients in {result['seconds']} s "
         f"({result['throughput_rps']} req/s): p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms; "
