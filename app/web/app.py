@@ -10,10 +10,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
-from app.config import Settings
+from app.config import Settings, get_limits
 from app.service import LensService
 from app.store import GridStore, SQLiteGridStore
-from app.web import api, pages
+from app.web import api, docs, pages
+from app.web.bodylimit import install_body_limit
 from app.web.errors import install_error_handlers
 from app.web.keeper import GridKeeper
 from app.web.render import asset_version, template_environment
@@ -56,7 +57,14 @@ def create_app(
         keeper.worker.stop()
         store.close()
 
-    app = FastAPI(title="Future Lens", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Future Lens",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # /docs is served from vendored Swagger UI files (app/web/docs.py), never a CDN
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.service = service
     app.state.store = store
@@ -66,8 +74,10 @@ def create_app(
     app.state.asset_version = asset_version(static_dir)
 
     install_error_handlers(app)
+    install_body_limit(app, get_limits().max_body_bytes)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
 
     @app.middleware("http")
