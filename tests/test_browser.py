@@ -250,3 +250,18 @@ def test_about_page_loads_cleanly(base_url, watched):
     page.goto(base_url + "/about")
     assert "What the grid shows" in page.locator("h1").inner_text()
     assert not watched.problems, watched.problems
+
+
+def test_api_docs_render_offline_from_local_files(base_url, watched):
+    """Swagger UI lists the operations, loading nothing from other origins (the browser has no internet anyway)."""
+    page = watched.page
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(base_url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert {"/lens", "/healthz"} <= {path.strip() for path in paths}, paths
+    assert all(url.startswith(base_url) or url.startswith("data:") for url in requested), requested
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "docs.png"))
+    assert not watched.problems, watched.problems
