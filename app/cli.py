@@ -211,6 +211,10 @@ def evaluate(
         Path | None, typer.Option(help="where eval.json/png/svg go (default reports/<model>)")
     ] = None,
     probe_epochs: Annotated[int, typer.Option(help="fine-tune epochs of the linear baselines")] = 2,
+    dev_examples: Annotated[int | None, typer.Option(help="evaluate on the first K dev examples only")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="comma list (default all); merged into an existing report")
+    ] = None,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
 ) -> None:
@@ -218,7 +222,20 @@ def evaluate(
     from app.training.pipeline import PipelineError, run_eval
 
     try:
-        written = run_eval(model, layers, seed, corpus, limit, prompt_dir, report_dir, probe_epochs, device, dtype)
+        written = run_eval(
+            model,
+            layers,
+            seed,
+            corpus,
+            limit,
+            prompt_dir,
+            report_dir,
+            probe_epochs,
+            device,
+            dtype,
+            dev_examples,
+            methods,
+        )
     except (PipelineError, ValueError) as error:
         fail(str(error))
     typer.echo(f"wrote {written}")

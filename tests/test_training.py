@@ -186,7 +186,11 @@ def test_cli_train_and_eval_end_to_end(tiny_gptj, corpus, tmp_path):
         f"layer_{i:02d}.safetensors" for i in range(3)
     ]
     assert (reports / "learning_curve.png").is_file()
-    result = runner.invoke(cli, ["eval", *common, "--prompt-dir", str(prompts), "--probe-epochs", "1"])
+    baselines = "fixed_prompt,logit_lens,bigram,linear_model,linear_vocab"
+    result = runner.invoke(cli, ["eval", *common, "--methods", baselines, "--probe-epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "learned_prompt" not in json.loads((reports / "eval.json").read_text())["methods"]
+    result = runner.invoke(cli, ["eval", *common, "--prompt-dir", str(prompts), "--methods", "learned_prompt"])
     assert result.exit_code == 0, result.output
     report = json.loads((reports / "eval.json").read_text())
     assert set(report["methods"]) == {
@@ -199,6 +203,7 @@ def test_cli_train_and_eval_end_to_end(tiny_gptj, corpus, tmp_path):
     }
     assert report["dev_examples"] == 16 and "N1" in report["headline"]["margins"]
     assert (reports / "eval.png").is_file() and (reports / "eval.svg").is_file()
+    assert "learned prompt" in (reports / "eval.md").read_text()
     assert read_manifest(prompts)["layers"]["1"]["metrics"]["dev_examples"] == 16
     bad = runner.invoke(cli, ["train", *common, "--targets", "7"])
     assert bad.exit_code == 2 and "--targets" in bad.output

@@ -70,9 +70,11 @@ def evaluate(
     layers: list[int],
     probe_epochs: int = 2,
     progress: bool = True,
+    dev_examples: int | None = None,
+    only: list[str] | None = None,
 ) -> dict:
-    """Every method's per-layer metrics on the dev split, and the headline."""
-    dev = dataset.dev
+    """Every method's per-layer metrics on the dev split (its first `dev_examples`), and the headline."""
+    dev = dataset.dev.subset(slice(0, dev_examples))
     logp = original_log_probs_table(model, dev)
     timings: dict[str, float] = {}
     methods: dict[str, dict] = {}
@@ -82,26 +84,27 @@ def evaluate(
         methods[name] = {"layers": per_layer}
         timings[name] = round(time.monotonic() - started, 1)
 
-    if prompts is not None:
+    wanted = set(only or METHODS)
+    if prompts is not None and "learned_prompt" in wanted:
         started = time.monotonic()
         contexts = {layer: prompts.for_layer(layer) for layer in layers}
         record("learned_prompt", patched_topk(model, contexts, dev), OFFSETS, started)
-    started = time.monotonic()
-    fixed = fixed_prompt_embeddings(model)
-    record("fixed_prompt", patched_topk(model, dict.fromkeys(layers, fixed), dev), OFFSETS, started)
-    started = time.monotonic()
-    record("logit_lens", logit_lens_topk(model, dev, layers), [0], started)
-    started = time.monotonic()
-    table, _ = bigram_table(train_token_stream(model, dataset), model.adapter.vocab_size)
-    bigram = bigram_topk(table, dev)
-    record("bigram", dict.fromkeys(layers, bigram), OFFSETS, started)
-    started = time.monotonic()
-    linear_model, linear_vocab = linear_baselines(model, dataset.train, dev, layers, probe_epochs, progress)
-    record("linear_model", linear_model, OFFSETS, started)
-    timings["linear_vocab"] = timings["linear_model"]
-    methods["linear_vocab"] = {
-        "layers": {str(layer): score(values, dev.teacher, logp, OFFSETS) for layer, values in linear_vocab.items()}
-    }
+    if "fixed_prompt" in wanted:
+        started = time.monotonic()
+        fixed = fixed_prompt_embeddings(model)
+        record("fixed_prompt", patched_topk(model, dict.fromkeys(layers, fixed), dev), OFFSETS, started)
+    if "logit_lens" in wanted:
+        started = time.monotonic()
+        record("logit_lens", logit_lens_topk(model, dev, layers), [0], started)
+    if "bigram" in wanted:
+        started = time.monotonic()
+        table, _ = bigram_table(train_token_stream(model, dataset), model.adapter.vocab_size)
+        record("bigram", dict.fromkeys(layers, bigram_topk(table, dev)), OFFSETS, started)
+    if wanted & {"linear_model", "linear_vocab"}:
+        started = time.monotonic()
+        linear_model, linear_vocab = linear_baselines(model, dataset.train, dev, layers, probe_epochs, progress)
+        record("linear_model", linear_model, OFFSETS, started)
+        record("linear_vocab", linear_vocab, OFFSETS, started)
     n_layers = model.adapter.n_layers
     return {
         "model_id": model.id,
@@ -114,7 +117,7 @@ def evaluate(
         "of the top-1 prediction (nats)",
         "data": {k: v for k, v in dataset.meta.items() if k not in ("train_docs", "dev_docs")}
         | {"train_documents": len(dataset.meta["train_docs"]), "dev_documents": len(dataset.meta["dev_docs"])},
-        "prompts": prompt_summary(prompts),
+        "prompts": prompt_summary(prompts) if "learned_prompt" in methods else {},
         "seconds": timings,
         "methods": methods,
         "headline": headline(methods, n_layers),
@@ -148,3 +151,62 @@ def write_report(report: dict, directory: Path) -> Path:
     path = directory / "eval.json"
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def headline_markdown(report: dict, paper: dict | None = None) -> str:
+    """The headline as Markdown: precision@1 (best layer, depth) per method × N, margins, paper reference."""
+    table = report["headline"]["table"]
+    lines = [
+        "| method | N=0 | N=1 | N=2 | N=3 |",
+        "|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        if method not in table:
+            continue
+        cells = []
+        for n in OFFSETS:
+            cell = table[method].get(f"N{n}")
+            where = "" if method == "bigram" else f" (L{cell['layer']}, {cell['depth']:.2f})" if cell else ""
+            cells.append(f"{cell['p1']:.3f}{where}" if cell else "–")
+        lines.append(f"| {method.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    if paper:
+        curves = paper["precision_at_1_prompt_trained_on_N1"]["learned_prompt"]
+        cells = []
+        for n in OFFSETS:
+            values = [(v, i) for i, v in enumerate(curves[f"N{n}"]) if v is not None]
+            best, layer = max(values)
+            cells.append(f"{best:.3f} (L{layer}, {(layer + 1) / len(curves[f'N{n}']):.2f})")
+        lines.append("| *paper GPT-J learned prompt* | " + " | ".join(cells) + " |")
+    lines.append("")
+    for key, margin in report["headline"]["margins"].items():
+        lines.append(
+            f"- {key}: learned prompt {margin['learned_prompt']:.3f} vs best baseline "
+            f"{margin['best_baseline'].replace('_', ' ')} {margin['best_baseline_p1']:.3f} "
+            f"(margin {margin['margin']:+.3f})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def merge_reports(old: dict, new: dict) -> dict:
+    """`new` plus the methods of `old` it did not recompute (same weights, layers and dev set), headline redone."""
+    same = all(old.get(k) == new.get(k) for k in ("model_fingerprint", "layers", "dev_examples", "data"))
+    if not same:
+        return new
+    merged = {**new, "methods": {**old["methods"], **new["methods"]}, "seconds": {**old["seconds"], **new["seconds"]}}
+    merged["prompts"] = new["prompts"] or old.get("prompts", {})
+    merged["headline"] = headline(merged["methods"], new["n_layers"])
+    return merged
+
+
+def per_layer_markdown(report: dict) -> str:
+    """Dev precision@1 per layer (rows) for every method × N (columns: N0/N1/N2/N3 joined by slashes)."""
+    present = [m for m in METHODS if m in report["methods"]]
+    lines = ["| layer | " + " | ".join(m.replace("_", " ") for m in present) + " |"]
+    lines.append("|---" * (len(present) + 1) + "|")
+    for layer in report["layers"]:
+        cells = []
+        for method in present:
+            values = report["methods"][method]["layers"].get(str(layer), {})
+            cells.append("/".join(f"{values[f'N{n}']['p1']:.2f}" if f"N{n}" in values else "–" for n in OFFSETS))
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -13,7 +13,15 @@ from app.lens.layers import LayerSpecError, parse_layers
 from app.lens.models import LoadedModel, ModelNotAvailableError, load_model
 from app.lens.prompts import PromptArtifactError, default_prompt_dir, load_soft_prompts
 from app.training.data import DEFAULT_CORPUS, DataConfig, Dataset, data_cache_root, prepare_dataset
-from app.training.evaluate import evaluate, update_manifest_metrics, write_report
+from app.training.evaluate import (
+    METHODS,
+    evaluate,
+    headline_markdown,
+    merge_reports,
+    per_layer_markdown,
+    update_manifest_metrics,
+    write_report,
+)
 from app.training.plot import (
     figure_data,
     learning_curve_data,
@@ -21,7 +29,7 @@ from app.training.plot import (
     render_figure,
     render_learning_curve,
 )
-from app.training.train import TrainConfig, train_prompts
+from app.training.train import TrainConfig, resume_key, train_prompts
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
@@ -53,6 +61,17 @@ def parse_targets(text: str) -> tuple[int, ...]:
     return targets
 
 
+def parse_methods(text: str | None) -> list[str]:
+    """`--methods` (comma list, default all) checked against the known method names."""
+    if text is None:
+        return list(METHODS)
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise PipelineError(f"--methods: unknown {unknown or text!r}; choose from {', '.join(METHODS)}")
+    return chosen
+
+
 def load(model_name: str, device: str, dtype: str) -> LoadedModel:
     try:
         return load_model(model_name, device=device, dtype=dtype)
@@ -76,7 +95,7 @@ def load_data(model: LoadedModel, config: DataConfig) -> Dataset:
 
 def run_directory(model: LoadedModel, data: DataConfig, config: TrainConfig) -> Path:
     """Checkpoint folder for this exact (model, data, hyper-parameters) run, so a rerun resumes it."""
-    raw = json.dumps({"data": data.key(model), "train": asdict(config)}, sort_keys=True)
+    raw = json.dumps({"data": data.key(model), "train": resume_key(asdict(config))}, sort_keys=True)
     return data_cache_root() / "runs" / f"{model.id}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
@@ -132,22 +151,37 @@ def run_eval(
     probe_epochs: int,
     device: str,
     dtype: str,
+    dev_examples: int | None = None,
+    methods: str | None = None,
 ) -> Path:
     """Evaluate every method; write eval.json, eval.png/.svg and the learned prompts' dev metrics."""
     model = load(model_name, device, dtype)
     chosen = resolve_layers(layers, model)
     dataset = load_data(model, data_config(corpus, seed, limit))
+    only = parse_methods(methods)
     directory = prompt_dir or default_prompt_dir(model.id)
-    try:
-        prompts = load_soft_prompts(directory, model)
-    except PromptArtifactError as error:
-        raise PipelineError(f"--prompt-dir: {error}") from None
-    report = evaluate(model, dataset, prompts, chosen, probe_epochs)
+    prompts = None
+    if "learned_prompt" in only:
+        try:
+            prompts = load_soft_prompts(directory, model)
+        except PromptArtifactError as error:
+            raise PipelineError(f"--prompt-dir: {error}") from None
+    if dev_examples is not None and dev_examples < 1:
+        raise PipelineError("--dev-examples must be at least 1")
+    report = evaluate(model, dataset, prompts, chosen, probe_epochs, dev_examples=dev_examples, only=only)
     reports = report_dir or REPORTS / model.id
+    if (reports / "eval.json").is_file():
+        report = merge_reports(json.loads((reports / "eval.json").read_text()), report)
     curve_path = reports / "learning_curve.json"
     if curve_path.is_file():
         report["learning_curve"] = json.loads(curve_path.read_text())
     path = write_report(report, reports)
-    render_figure(figure_data(report, load_paper_reference()), reports / "eval")
-    update_manifest_metrics(model, prompts, report)
+    paper = load_paper_reference()
+    render_figure(figure_data(report, paper), reports / "eval")
+    table = per_layer_markdown(report)
+    (reports / "eval.md").write_text(
+        headline_markdown(report, paper) + "\nPrecision@1 per layer (N=0/1/2/3):\n\n" + table
+    )
+    if prompts is not None:
+        update_manifest_metrics(model, prompts, report)
     return path

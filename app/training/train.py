@@ -41,8 +41,8 @@ class TrainConfig:
     seed: int = 0
     layers_per_group: int = 30
     checkpoint_every: int = 20
-    curve_points: list[int] = field(default_factory=lambda: [0, 64, 256, 1024, 4096])
-    curve_dev: int = 128
+    curve_points: list[int] = field(default_factory=lambda: [0, 200, 800, 3200, 10_000])  # + the final count
+    curve_dev: int = 64
 
     def steps(self, available: int) -> int:
         return max(1, min(self.examples, available) // self.batch)
@@ -120,12 +120,18 @@ def save_run(run_dir: Path, state: RunState, config: TrainConfig) -> None:
     (run_dir / "progress.partial").replace(run_dir / "progress.json")
 
 
+def resume_key(config: dict) -> dict:
+    """The config fields a checkpoint must match to be resumed: all but the example budget (so a run can be
+    extended, or cut short and finalised, by rerunning with another --examples)."""
+    return {k: v for k, v in config.items() if k != "examples"}
+
+
 def load_run(run_dir: Path, config: TrainConfig) -> RunState | None:
     """The checkpoint in `run_dir` if it exists and was made with the same config."""
     if not (run_dir / "progress.json").is_file():
         return None
     progress = json.loads((run_dir / "progress.json").read_text())
-    if progress["config"] != json.loads(json.dumps(asdict(config))):
+    if resume_key(progress["config"]) != resume_key(json.loads(json.dumps(asdict(config)))):
         return None
     tensors = load_file(str(run_dir / "state.safetensors"))
     optimizer = {"state": {}}
