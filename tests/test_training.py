@@ -217,3 +217,15 @@ def test_layer_rows_pair_each_layer_with_its_states(tiny_gptj, corpus):
     torch.testing.assert_close(rows["states"][4], batch.states[1, 0])
     assert rows["teacher"].shape == (6, 1)
     assert asdict(DataConfig(corpus="x"))["max_context"] == 32
+
+
+def test_a_run_can_be_extended_with_more_examples(tiny_gptj, corpus, tmp_path):
+    """Rerunning with a larger --examples continues the checkpoint instead of starting over."""
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=32, n_dev=8)
+    short = TrainConfig(layers=[2], examples=16, lr=1e-2, curve_points=[], curve_dev=8)
+    long = TrainConfig(layers=[2], examples=32, lr=1e-2, curve_points=[], curve_dev=8)
+    train_prompts(tiny_gptj, dataset, short, tmp_path / "run", None, progress=False)
+    extended = train_prompts(tiny_gptj, dataset, long, tmp_path / "run", None, progress=False)
+    straight = train_prompts(tiny_gptj, dataset, long, tmp_path / "other", None, progress=False)
+    assert extended.step == 4 and [p["examples"] for p in extended.curve] == [16, 32]
+    torch.testing.assert_close(extended.prompts, straight.prompts, atol=1e-6, rtol=1e-5)

@@ -108,8 +108,9 @@ def render_learning_curve(data: dict, stem: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    for item in data["series"]:
-        axis.plot(item["x"], item["y"], label=item["label"], linestyle="--" if item["dashed"] else "-", marker=".")
+    for index, item in enumerate(data["series"]):
+        style = {"linestyle": "--" if item["dashed"] else "-", "color": f"C{index // 2}"}  # one colour per N
+        axis.plot(item["x"], item["y"], label=item["label"], marker=".", **style)
     axis.set_xlabel("training examples per layer")
     axis.set_ylabel("dev precision@1")
     axis.set_title(data["title"], fontsize=9)
