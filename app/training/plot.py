@@ -18,6 +18,8 @@ LABELS = {
     "linear_vocab": "linear vocab probe",
 }
 
+COLORS = {label: f"C{index}" for index, label in enumerate(LABELS.values())}
+
 
 def load_paper_reference(path: Path = PAPER_REFERENCE) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -89,12 +91,13 @@ def render_figure(data: dict, stem: Path) -> list[Path]:
     for axis, (key, series) in zip(axes, data["panels"].items(), strict=True):
         for item in series:
             style = {"linestyle": "--", "color": "grey"} if item["dashed"] else {"marker": ".", "markersize": 4}
+            style.setdefault("color", COLORS.get(item["label"]))  # same colour for a method in every panel
             axis.plot(item["x"], item["y"], label=item["label"], **style)
         axis.set_title(f"N = {key[1:]}")
         axis.set_xlabel("layer / depth")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("precision@1")
-    axes[-1].legend(fontsize=7, loc="best")
+    axes[0].legend(fontsize=7, loc="upper left")  # the N=0 panel shows every method
     figure.suptitle(data["title"])
     paths = _save(figure, stem)
     plt.close(figure)
