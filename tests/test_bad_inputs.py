@@ -25,6 +25,7 @@ LIMITS = get_limits()
 ARTIFACT = Path(__file__).parent / "artifacts" / "bad-inputs.md"
 FORM = {"text": "hi", "method": "logit", "n_future": "1", "stride": "10"}
 FORM_TYPE = "application/x-www-form-urlencoded"
+JSON_TYPE = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ CATALOGUE = [
     post_json('unknown method "bogus"', {"text": "hi", "method": "bogus"}, 422, "method"),
     post_json("body is a JSON array", [1, 2], 422, "body"),
     BadInput("malformed JSON", 422, "body", content=b'{"text": ', headers={"content-type": "application/json"}),
+    BadInput("body not UTF-8", 422, "body", content=b'{"text": "\xff\xfe"}', headers=JSON_TYPE),
     BadInput("JSON sent as text/plain", 422, "body", content=b'{"text": "hi"}', headers={"content-type": "text/plain"}),
     BadInput(
         "form-encoded body",

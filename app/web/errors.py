@@ -51,6 +51,11 @@ def first_validation_error(errors: Sequence[dict]) -> tuple[str, str]:
     )
 
 
+def is_undecodable_body(error: StarletteHTTPException) -> bool:
+    """FastAPI's 400 for a JSON body whose bytes are not UTF-8 (it wraps the decode error): a malformed body."""
+    return error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """422 for invalid requests, 503 (+ Retry-After) when busy, 504 past the deadline, a bare 500 otherwise."""
 
@@ -85,6 +90,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        if is_undecodable_body(error):
+            return error_response(422, "body", "the body is not valid JSON: it is not UTF-8 text")
         response = error_response(error.status_code, None, str(error.detail))
         response.headers.update(error.headers or {})
         return response
