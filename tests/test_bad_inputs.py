@@ -97,6 +97,7 @@ CATALOGUE = [
     post_json('unknown method "bogus"', {"text": "hi", "method": "bogus"}, 422, "method"),
     post_json("body is a JSON array", [1, 2], 422, "body"),
     BadInput("malformed JSON", 422, "body", content=b'{"text": ', headers={"content-type": "application/json"}),
+    BadInput("lone surrogate \\ud800 in text", 422, "text", content=b'{"text": "a\\ud800b"}', headers=JSON_TYPE),
     BadInput("body not UTF-8", 422, "body", content=b'{"text": "\xff\xfe"}', headers=JSON_TYPE),
     BadInput("JSON sent as text/plain", 422, "body", content=b'{"text": "hi"}', headers={"content-type": "text/plain"}),
     BadInput(
