@@ -37,9 +37,9 @@ class GridRequest(BaseModel):
 
     text: str = Field(min_length=1, examples=["Marty McFly from"])
     method: Method = "future"
-    n_future: int = Field(4, ge=1)
+    n_future: int = 4
     layers: str | list[int] | None = Field(None, description="all, 0-29, 0,5,10, ::3 or a list of block indices")
-    top_k: int = Field(5, ge=1)
+    top_k: int = 5
     prompt: str | None = Field(None, description="fixed lens only: the prompt text (default: the paper's)")
     model: str | None = Field(None, description="must name the served model if given")
 
@@ -57,7 +57,7 @@ class GridRequest(BaseModel):
     @classmethod
     def _n_within_limit(cls, n_future: int) -> int:
         limit = get_limits().max_n_future
-        if n_future > limit:
+        if not 1 <= n_future <= limit:
             raise ValueError(f"n_future must be between 1 and {limit}")
         return n_future
 
@@ -65,7 +65,7 @@ class GridRequest(BaseModel):
     @classmethod
     def _top_k_within_limit(cls, top_k: int) -> int:
         limit = get_limits().max_top_k
-        if top_k > limit:
+        if not 1 <= top_k <= limit:
             raise ValueError(f"top_k must be between 1 and {limit}")
         return top_k
 
@@ -135,8 +135,9 @@ class LensService:
             prompt = request.prompt if request.prompt is not None else PAPER_FIXED_PROMPT
             if not tokenize(self.model, prompt):
                 raise InvalidRequestError("prompt", "prompt is empty: it has no tokens")
-            if len(tokenize(self.model, prompt)) > get_limits().max_prompt_tokens:
-                raise InvalidRequestError("prompt", f"prompt is longer than {get_limits().max_prompt_tokens} tokens")
+            n_tokens, limit = len(tokenize(self.model, prompt)), get_limits().max_prompt_tokens
+            if n_tokens > limit:
+                raise InvalidRequestError("prompt", f"prompt has {n_tokens} tokens; the limit is {limit}")
             return self._fixed_lens(prompt)
         return self._future_lens()
 

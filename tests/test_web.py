@@ -345,12 +345,22 @@ def test_static_assets_are_served_locally(client):
 # ---------- /about ----------
 
 
-def test_about_renders_without_a_report(client):
+def test_about_renders_without_a_report(service, tmp_path):
+    for name in ("templates", "static"):
+        (tmp_path / name).symlink_to(SOURCE_ROOT / name)
+    settings = Settings(db_path=tmp_path / "g.sqlite3", assets_dir=tmp_path)
+    client = TestClient(create_app(settings, service=service))
     page = client.get("/about")
     assert page.status_code == 200
     assert "No evaluation report" in page.text
     assert "arxiv.org/abs/2311.04897" in page.text
     assert client.get("/about/eval.png").status_code == 404
+
+
+def test_about_shows_the_committed_report(client):
+    page = client.get("/about")
+    assert page.status_code == 200 and "No evaluation report" not in page.text
+    assert client.get("/about/eval.png").headers["content-type"] == "image/png"
 
 
 def test_about_shows_the_report_when_present(service, tmp_path):
