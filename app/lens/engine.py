@@ -45,8 +45,10 @@ def default_chunk_rows(model: LoadedModel) -> int:
     return 1024 if model.device.type == "cuda" else 256
 
 
-def _prefix_cache(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys/values of positions 0..P-2 of each context ([G, P, d]) for every block: list of ([G,...], [G,...])."""
+def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys/values of positions 0..P-2 of each context ([G, P, d]) for every block: list of ([G,...], [G,...]).
+
+    Differentiable outside inference mode, so training shares it with the engine."""
     if contexts.shape[1] == 1:
         return []
     cache = DynamicCache(config=model.hf.config)
@@ -54,9 +56,8 @@ def _prefix_cache(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torc
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _rows_cache(
-    model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor
-) -> DynamicCache:
+def rows_cache(model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> DynamicCache:
+    """A fresh cache holding, for each row, the prefix keys/values of context `rows[r]` (a forward mutates it)."""
     cache = DynamicCache(config=model.hf.config)
     for index, (keys, values) in enumerate(prefix):
         cache.update(keys[rows], values[rows], index)
@@ -82,7 +83,7 @@ def _decode_chunk(
     top_k: int,
 ) -> CellPredictions:
     prompt_len = contexts.shape[1]
-    cache = _rows_cache(model, prefix, context_index)
+    cache = rows_cache(model, prefix, context_index)
     last_embeds = contexts[context_index, -1:]
     with patch_block_outputs(model.adapter, layers, states):
         probs = _step(model, cache, prompt_len - 1, inputs_embeds=last_embeds)
@@ -125,7 +126,7 @@ def decode_patched(
         remap = torch.full((len(contexts),), -1, dtype=torch.long, device=device)
         remap[torch.tensor(members, device=device)] = torch.arange(len(members), device=device)
         cells = torch.nonzero(remap[context_index] >= 0).squeeze(1)
-        prefix = _prefix_cache(model, group)
+        prefix = prefix_keys_values(model, group)
         for chunk in cells.split(chunk_rows):
             parts.append(
                 _decode_chunk(

@@ -9,19 +9,10 @@ first P-1 positions' keys/values (computed once, with gradients when the context
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
+from app.lens.engine import prefix_keys_values, rows_cache
 from app.lens.interventions import patch_block_outputs
 from app.lens.models import LoadedModel
-
-
-def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys/values of positions 0..P-2 of each context [G, P, d], per block (differentiable)."""
-    if contexts.shape[1] == 1:
-        return []
-    cache = DynamicCache(config=model.hf.config)
-    model.hf(inputs_embeds=contexts[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
-    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def patched_logits(
@@ -35,9 +26,7 @@ def patched_logits(
 ) -> torch.Tensor:
     """Logits [R, keep, V] at the last `keep` of the R rows' positions (context end, then teacher [R, k])."""
     prefix = prefix_keys_values(model, contexts)
-    cache = DynamicCache(config=model.hf.config)
-    for index, (keys, values) in enumerate(prefix):
-        cache.update(keys[context_index], values[context_index], index)
+    cache = rows_cache(model, prefix, context_index)
     embeds = contexts[context_index, -1:]
     if teacher.shape[1]:
         embeds = torch.cat([embeds, model.adapter.embed_tokens(teacher).to(embeds.dtype)], dim=1)
