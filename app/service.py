@@ -37,9 +37,9 @@ class GridRequest(BaseModel):
 
     text: str = Field(min_length=1, examples=["Marty McFly from"])
     method: Method = "future"
-    n_future: int = 4
+    n_future: int = Field(4, json_schema_extra={"minimum": 1})
     layers: str | list[int] | None = Field(None, description="all, 0-29, 0,5,10, ::3 or a list of block indices")
-    top_k: int = 5
+    top_k: int = Field(5, json_schema_extra={"minimum": 1})
     prompt: str | None = Field(None, description="fixed lens only: the prompt text (default: the paper's)")
     model: str | None = Field(None, description="must name the served model if given")
 
@@ -52,6 +52,13 @@ class GridRequest(BaseModel):
         if not text.strip():
             raise ValueError("text is empty")
         return text
+
+    @field_validator("n_future", "top_k", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number, not true/false")
+        return value
 
     @field_validator("n_future")
     @classmethod

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoTokenizer,
@@ -21,6 +22,10 @@ from transformers import (
 from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, load_model, prepare_gguf_cache, wrap_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# CI replays the same examples every run (a failure found locally is kept as a regression test instead).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 TINY_VOCAB = 1000
 
 

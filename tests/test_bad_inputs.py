@@ -231,3 +231,12 @@ def test_a_body_of_exactly_the_limit_is_accepted(client):
         assert response.status_code == 200, response.text
         assert response.json()["layers"] == [0, 29]
     assert client.app.state.store.count() == before + 1
+
+
+def test_booleans_are_not_numbers() -> None:
+    """Found by schemathesis: `true` must not pass as N or top_k = 1."""
+    from app.service import InvalidRequestError, parse_request
+
+    for field in ("n_future", "top_k"):
+        with pytest.raises(InvalidRequestError, match=field):
+            parse_request(text="hi", **{field: True})
