@@ -237,6 +237,6 @@ def test_booleans_are_not_numbers() -> None:
     """Found by schemathesis: `true` must not pass as N or top_k = 1."""
     from app.service import InvalidRequestError, parse_request
 
-    for field in ("n_future", "top_k"):
-        with pytest.raises(InvalidRequestError, match=field):
-            parse_request(text="hi", **{field: True})
+    for name in ("n_future", "top_k"):
+        with pytest.raises(InvalidRequestError, match=name):
+            parse_request(text="hi", **{name: True})
