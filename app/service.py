@@ -140,9 +140,9 @@ class LensService:
             return LogitLens(self.model)
         if request.method == "fixed":
             prompt = request.prompt if request.prompt is not None else PAPER_FIXED_PROMPT
-            if not tokenize(self.model, prompt):
-                raise InvalidRequestError("prompt", "prompt is empty: it has no tokens")
             n_tokens, limit = len(tokenize(self.model, prompt)), get_limits().max_prompt_tokens
+            if n_tokens == 0:
+                raise InvalidRequestError("prompt", "prompt is empty: it has no tokens")
             if n_tokens > limit:
                 raise InvalidRequestError("prompt", f"prompt has {n_tokens} tokens; the limit is {limit}")
             return self._fixed_lens(prompt)
