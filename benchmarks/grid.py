@@ -1,8 +1,12 @@
 """Benchmark the grid engine against the naive per-cell loop and the model's plain batched-forward throughput.
 
 Run: `make bench` (or `python benchmarks/grid.py --dtypes float32 bfloat16 --repeats 3`). Everything is measured
-side by side in one run on the same model and dtype; the last line is JSON. The naive loop is timed on an evenly
-spread sample of cells (`--naive-cells`, 0 = all) and scaled to the full grid, since all of it takes minutes.
+side by side in one run on the same model, device and dtype; each figure is the median of `--repeats` runs; the last
+line is JSON. The naive loop is timed on an evenly spread sample of cells (`--naive-cells`, 0 = all) and scaled to
+the full grid, since all of it takes minutes.
+
+On a GPU without the real weights at hand (no hub), `--synthetic gpt-j-6b --device cuda` builds the model at its real
+shape with random weights: speed and memory are those of the real model; its predictions mean nothing.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import statistics
 import time
 
 import torch
+from transformers import AutoTokenizer, GPTJConfig, GPTJForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from app.lens.grid import compute_grid
 from app.lens.lenses import FutureLens
-from app.lens.models import DEFAULT_MODEL, LoadedModel, load_model
+from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, converted_dir, load_model, resolve_dtype, wrap_model
 from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
 from app.lens.reference import naive_cell
 from app.lens.source import run_source_pass, tokenize
@@ -29,6 +34,51 @@ BASE_TEXT = (
     "intellectuals for its design, but it has since become a global cultural icon of France and one of the most "
     "recognisable structures in the world. "
 )
+
+
+# Real shapes of models whose weights may not be at hand; random weights of these shapes time like the real thing.
+SYNTHETIC = {
+    "gpt-j-6b": (GPTJForCausalLM, GPTJConfig()),  # the config's defaults are GPT-J-6B's: 28 blocks, d=4096
+    "smollm2-135m": (
+        LlamaForCausalLM,
+        LlamaConfig(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+        ),
+    ),
+}
+
+
+def synthetic_model(name: str, device: str, dtype: str, tokenizer_dir: str | None) -> LoadedModel:
+    """A random-weight model of a real architecture and size, built directly on the device in the target dtype."""
+    model_class, config = SYNTHETIC[name]
+    torch_dtype = resolve_dtype(dtype, torch.device(device))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or converted_dir(CATALOG[DEFAULT_MODEL]))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device(device):
+            hf = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return wrap_model(f"synthetic-{name}", hf, tokenizer)
+
+
+def synchronize(model: LoadedModel) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def peak_memory_mb(model: LoadedModel) -> dict[str, float]:
+    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if model.device.type == "cuda":
+        peaks["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 1)
+    return peaks
 
 
 def text_of(model: LoadedModel, n_tokens: int) -> str:
@@ -47,56 +97,73 @@ def prompts_for(model: LoadedModel) -> tuple[SoftPromptSet, str]:
         return SoftPromptSet(None, {i: torch.randn(10, d_model, generator=generator) for i in layers}), "random"
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall seconds of `repeats` calls."""
+def timed(model: LoadedModel, fn, repeats: int) -> float:
+    """Median wall seconds of `repeats` calls (the device's queued work included)."""
     samples = []
     for _ in range(repeats):
+        synchronize(model)
         started = time.perf_counter()
         fn()
+        synchronize(model)
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
 
 
-def roofline(model: LoadedModel, rows: int = 64, length: int = 32, repeats: int = 3) -> float:
+def roofline(model: LoadedModel, rows: int, length: int = 32, repeats: int = 3) -> float:
     """Plain batched-forward throughput (token positions/s), logits for the last position only."""
-    ids = torch.randint(100, 10_000, (rows, length))
+    ids = torch.randint(100, 10_000, (rows, length), device=model.device)
     with torch.inference_mode():
         model.hf(ids[:4], logits_to_keep=1)  # warm-up
-        seconds = timed(lambda: model.hf(ids, logits_to_keep=1), repeats)
+        seconds = timed(model, lambda: model.hf(ids, logits_to_keep=1), repeats)
     return rows * length / seconds
 
 
-def naive_seconds_per_cell(model: LoadedModel, lens: FutureLens, text: str, n_future: int, sample: int) -> float:
+def naive_seconds_per_cell(
+    model: LoadedModel, lens: FutureLens, text: str, n_future: int, sample: int, repeats: int
+) -> float:
+    """Median over `repeats` of the naive loop's mean seconds per cell, on an evenly spread sample of cells."""
     source = run_source_pass(model, tokenize(model, text))
     n_layers, n_tokens = source.hidden.shape[:2]
     cells = [(layer, t) for layer in range(n_layers) for t in range(n_tokens)]
     if sample:
         cells = cells[:: max(1, len(cells) // sample)][:sample]
-    started = time.perf_counter()
-    for layer, t in cells:
-        naive_cell(model, lens.context_embeddings(layer), layer, source.hidden[layer, t], n_future)
-    return (time.perf_counter() - started) / len(cells)
+
+    def loop() -> None:
+        for layer, t in cells:
+            naive_cell(model, lens.context_embeddings(layer), layer, source.hidden[layer, t], n_future)
+
+    return timed(model, loop, repeats) / len(cells)
+
+
+def bench_model(args: argparse.Namespace, dtype: str) -> LoadedModel:
+    if args.synthetic:
+        return synthetic_model(args.synthetic, args.device, dtype, args.tokenizer)
+    return load_model(args.model, device=args.device, dtype=dtype)
 
 
 def bench_dtype(dtype: str, args: argparse.Namespace) -> dict[str, object]:
-    model = load_model(DEFAULT_MODEL, device="cpu", dtype=dtype)
+    model = bench_model(args, dtype)
     prompts, kind = prompts_for(model)
     lens = FutureLens(model, prompts)
     layers = list(range(model.adapter.n_layers))
     text = text_of(model, args.tokens)
     compute_grid(model, lens, text_of(model, 4), layers, args.n_future)  # warm-up
-    engine_s = timed(lambda: compute_grid(model, lens, text, layers, args.n_future), args.repeats)
+    engine_s = timed(model, lambda: compute_grid(model, lens, text, layers, args.n_future), args.repeats)
     cells = len(layers) * args.tokens
-    naive_cell_s = naive_seconds_per_cell(model, lens, text, args.n_future, args.naive_cells)
+    naive_cell_s = naive_seconds_per_cell(model, lens, text, args.n_future, args.naive_cells, args.repeats)
     naive_s = naive_cell_s * cells
-    forward_tps = roofline(model, repeats=args.repeats)
+    roofline_rows = args.roofline_rows or (256 if model.device.type == "cuda" else 64)
+    forward_tps = roofline(model, roofline_rows, repeats=args.repeats)
     engine_tps = cells * args.n_future / engine_s
     growth = {
-        n: round(timed(lambda n=n: compute_grid(model, lens, text_of(model, n), layers, args.n_future), 1), 3)
+        n: round(timed(model, lambda n=n: compute_grid(model, lens, text_of(model, n), layers, args.n_future), 1), 3)
         for n in args.growth
     }
     return {
+        "model": model.id,
+        "device": str(model.device),
         "dtype": dtype,
+        "repeats": args.repeats,
         "prompts": kind,
         "tokens": args.tokens,
         "layers": len(layers),
@@ -111,17 +178,22 @@ def bench_dtype(dtype: str, args: argparse.Namespace) -> dict[str, object]:
         "forward_positions_per_s": round(forward_tps, 1),
         "roofline_fraction": round(engine_tps / forward_tps, 3),
         "engine_s_by_tokens": growth,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **peak_memory_mb(model),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="catalog id or local HF directory")
+    parser.add_argument("--synthetic", choices=sorted(SYNTHETIC), help="random weights of this real shape instead")
+    parser.add_argument("--tokenizer", help="tokenizer directory for --synthetic (default: the embedded model's)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--n-future", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--naive-cells", type=int, default=60, help="cells timed for the naive loop; 0 = all")
+    parser.add_argument("--naive-cells", type=int, default=30, help="cells timed for the naive loop; 0 = all")
+    parser.add_argument("--roofline-rows", type=int, default=0, help="batch of the plain forward (0: by device)")
     parser.add_argument("--growth", type=int, nargs="*", default=[8, 32, 128])
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -130,11 +202,13 @@ def main() -> None:
         result = bench_dtype(dtype, args)
         results.append(result)
         print(
-            f"{dtype:>9}: engine {result['engine_s']:.2f} s | naive {result['naive_s']:.1f} s "
+            f"{result['model']} {result['device']} {dtype:>9}: engine {result['engine_s']:.2f} s | "
+            f"naive {result['naive_s']:.1f} s "
             f"({result['naive_s_per_cell'] * 1000:.0f} ms/cell x {result['cells']}) | "
             f"speedup {result['speedup_vs_naive']}x | engine {result['engine_positions_per_s']:.0f} pos/s vs "
             f"forward {result['forward_positions_per_s']:.0f} pos/s = {result['roofline_fraction']:.0%} of roofline | "
             f"by tokens {result['engine_s_by_tokens']} s | peak RSS {result['peak_rss_mb']:.0f} MB"
+            + (f", GPU {result['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in result else "")
         )
     first = results[0]
     print(

@@ -27,6 +27,9 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 TINY_VOCAB = 1000
+# Where the tiny models and the embedded model run: "cpu" here and in CI; "cuda" for the GPU check
+# (`FUTURE_LENS_TEST_DEVICE=cuda pytest tests/test_engine.py`), so the same equivalence tests cover the CUDA path.
+TEST_DEVICE = os.environ.get("FUTURE_LENS_TEST_DEVICE", "cpu")
 
 
 def word_tokenizer(vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
@@ -50,7 +53,7 @@ def words(n: int, seed: int = 0) -> str:
 
 
 def _tiny(model_id: str, hf: torch.nn.Module, tokenizer) -> LoadedModel:
-    return wrap_model(model_id, hf, tokenizer, None)
+    return wrap_model(model_id, hf.to(TEST_DEVICE), tokenizer, None)
 
 
 @pytest.fixture(scope="session")
@@ -107,13 +110,13 @@ def tiny_llama(embedded_dir) -> LoadedModel:
         initializer_range=0.2,
         tie_word_embeddings=True,
     )
-    return wrap_model("tiny-llama", LlamaForCausalLM(config), tokenizer, CATALOG[DEFAULT_MODEL])
+    return wrap_model("tiny-llama", LlamaForCausalLM(config).to(TEST_DEVICE), tokenizer, CATALOG[DEFAULT_MODEL])
 
 
 @pytest.fixture(scope="session")
 def smollm2(embedded_dir) -> LoadedModel:
-    """The real embedded default model, float32 on CPU."""
-    return load_model(DEFAULT_MODEL, device="cpu", dtype="float32")
+    """The real embedded default model, float32 (on CPU unless FUTURE_LENS_TEST_DEVICE says otherwise)."""
+    return load_model(DEFAULT_MODEL, device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(params=["tiny_gptj", "tiny_llama", "tiny_gpt2"])

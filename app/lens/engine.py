@@ -88,10 +88,11 @@ def _decode_chunk(
     with patch_block_outputs(model.adapter, layers, states):
         probs = _step(model, cache, prompt_len - 1, inputs_embeds=last_embeds)
     topk_probs, topk_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    token_probs, token_ids = [topk_probs[:, 0]], [topk_ids[:, 0]]
-    for step in range(1, n_future):
-        probs = _step(model, cache, prompt_len - 1 + step, input_ids=token_ids[-1][:, None])
-        best_probs, best_ids = probs.max(dim=-1)
+    token_probs, token_ids = [], []
+    for step in range(n_future):
+        if step:
+            probs = _step(model, cache, prompt_len - 1 + step, input_ids=token_ids[-1][:, None])
+        best_probs, best_ids = probs.max(dim=-1)  # ties go to the lowest id, as in the reference (topk's order is not)
         token_probs.append(best_probs)
         token_ids.append(best_ids)
     return CellPredictions(torch.stack(token_ids, 1), torch.stack(token_probs, 1), topk_ids, topk_probs)
