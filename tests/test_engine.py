@@ -84,6 +84,17 @@ def test_prompt_fallback_to_nearest_layer_matches_naive(tiny_gptj: LoadedModel) 
     assert_same(grid_predictions(grid), naive_grid_cells(lens, words(4, seed=4), [0, 1, 2], 2, 2))
 
 
+def test_stored_prefixes_are_reused_across_requests(tiny_gptj: LoadedModel) -> None:
+    """A lens keeps each context's prefix keys/values: later calls mix stored and new contexts, results unchanged."""
+    lens = FutureLens(tiny_gptj, random_prompts(tiny_gptj, [0, 1, 2], seed=11), chunk_rows=5)
+    compute_grids(tiny_gptj, lens, [words(3, seed=12)], [1], 2, top_k=3)  # stores layer 1's prefix only
+    assert lens.prefixes.stored_keys() == {1}
+    text = words(5, seed=13)
+    grid = compute_grids(tiny_gptj, lens, [text], [2, 1, 0], 2, top_k=3)[0]
+    assert lens.prefixes.stored_keys() == {0, 1, 2}
+    assert_same(grid_predictions(grid), naive_grid_cells(lens, text, [2, 1, 0], 2, 3))
+
+
 def test_contexts_of_different_lengths_in_one_call(tiny_llama: LoadedModel) -> None:
     generator = torch.Generator().manual_seed(7)
     d_model = tiny_llama.adapter.d_model

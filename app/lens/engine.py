@@ -8,7 +8,7 @@ context's first P-1 positions, so their keys/values are computed once and reused
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +42,7 @@ class CellPredictions:
 
 def default_chunk_rows(model: LoadedModel) -> int:
     """Rows per forward: bounded so the per-row KV cache and last-position logits stay within a few hundred MB."""
-    return 1024 if model.device.type == "cuda" else 256
+    return 1024 if model.device.type == "cuda" else 512
 
 
 def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -54,6 +54,35 @@ def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> list[tuple
     cache = DynamicCache(config=model.hf.config)
     model.hf(inputs_embeds=contexts[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
     return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class PrefixStore:
+    """Prefix keys/values per target context, computed on first use and kept: a lens's contexts never change, so
+    later requests skip the prefix forward. Keyed by the lens's context key; bound to one model."""
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self._by_key: dict[Hashable, KeysValues] = {}
+
+    def stored_keys(self) -> set[Hashable]:
+        return set(self._by_key)
+
+    def stacked(self, keys: Sequence[Hashable], contexts: Sequence[torch.Tensor]) -> KeysValues:
+        """Prefix keys/values of equal-length `contexts` ([P, d] each, named by `keys`), stacked in that order."""
+        missing = [i for i, key in enumerate(keys) if key not in self._by_key]
+        if missing:
+            group = torch.stack([contexts[i] for i in missing]).to(self.model.device, self.model.dtype)
+            computed = prefix_keys_values(self.model, group)
+            for row, i in enumerate(missing):
+                self._by_key[keys[i]] = [(k[row : row + 1], v[row : row + 1]) for k, v in computed]
+        per_context = [self._by_key[key] for key in keys]
+        return [
+            (torch.cat([kv[block][0] for kv in per_context]), torch.cat([kv[block][1] for kv in per_context]))
+            for block in range(len(per_context[0]))
+        ]
 
 
 def rows_cache(model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> DynamicCache:
@@ -108,11 +137,13 @@ def decode_patched(
     n_future: int,
     top_k: int = 5,
     chunk_rows: int | None = None,
+    prefixes: tuple[PrefixStore, Sequence[Hashable]] | None = None,
 ) -> CellPredictions:
     """Decode C cells: cell c patches `states[c]` at block `layers[c]` into `contexts[context_index[c]]` ([P, d]).
 
-    Contexts of equal length are prefilled together; cells are then run in chunks of `chunk_rows` rows, each chunk
-    one patched forward plus N-1 cached decode steps. Returns predictions in the cells' order.
+    Contexts of equal length are prefilled together (or taken from `prefixes`: a store and each context's key);
+    cells are then run in chunks of `chunk_rows` rows, each chunk one patched forward plus N-1 cached decode steps.
+    Returns predictions in the cells' order.
     """
     if n_future < 1:
         raise ValueError("n_future must be at least 1")
@@ -127,7 +158,11 @@ def decode_patched(
         remap = torch.full((len(contexts),), -1, dtype=torch.long, device=device)
         remap[torch.tensor(members, device=device)] = torch.arange(len(members), device=device)
         cells = torch.nonzero(remap[context_index] >= 0).squeeze(1)
-        prefix = prefix_keys_values(model, group)
+        if prefixes is None:
+            prefix = prefix_keys_values(model, group)
+        else:
+            store, keys = prefixes
+            prefix = store.stacked([keys[i] for i in members], [contexts[i] for i in members])
         for chunk in cells.split(chunk_rows):
             parts.append(
                 _decode_chunk(

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from app.lens.engine import CellPredictions, decode_patched
+from app.lens.engine import CellPredictions, PrefixStore, decode_patched
 from app.lens.models import LoadedModel
 from app.lens.prompts import SoftPromptSet
 
@@ -61,6 +61,7 @@ class PatchedContextLens(Lens):
     def __init__(self, model: LoadedModel, chunk_rows: int | None = None):
         super().__init__(model)
         self.chunk_rows = chunk_rows
+        self.prefixes = PrefixStore(model)
 
     @abstractmethod
     def context_key(self, layer: int) -> object:
@@ -80,8 +81,9 @@ class PatchedContextLens(Lens):
                 keys[key] = len(contexts)
                 contexts.append(self.context_embeddings(layer))
             index.append(keys[key])
+        prefixes = (self.prefixes, list(keys))
         return decode_patched(
-            self.model, contexts, torch.tensor(index), layers, states, n_future, top_k, self.chunk_rows
+            self.model, contexts, torch.tensor(index), layers, states, n_future, top_k, self.chunk_rows, prefixes
         )
 
 
