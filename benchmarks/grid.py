@@ -148,7 +148,8 @@ def bench_dtype(dtype: str, args: argparse.Namespace) -> dict[str, object]:
     layers = list(range(model.adapter.n_layers))
     text = text_of(model, args.tokens)
     compute_grid(model, lens, text_of(model, 4), layers, args.n_future)  # warm-up
-    engine_s = timed(model, lambda: compute_grid(model, lens, text, layers, args.n_future), args.repeats)
+    grids = []
+    engine_s = timed(model, lambda: grids.append(compute_grid(model, lens, text, layers, args.n_future)), args.repeats)
     cells = len(layers) * args.tokens
     naive_cell_s = naive_seconds_per_cell(model, lens, text, args.n_future, args.naive_cells, args.repeats)
     naive_s = naive_cell_s * cells
@@ -177,6 +178,7 @@ def bench_dtype(dtype: str, args: argparse.Namespace) -> dict[str, object]:
         "engine_positions_per_s": round(engine_tps, 1),
         "forward_positions_per_s": round(forward_tps, 1),
         "roofline_fraction": round(engine_tps / forward_tps, 3),
+        "engine_last_run_ms": {part: round(ms, 1) for part, ms in grids[-1].timings_ms.items()},
         "engine_s_by_tokens": growth,
         **peak_memory_mb(model),
     }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from app.lens.interventions import distinct, patch_block_outputs
 from app.lens.models import LoadedModel
@@ -85,9 +86,42 @@ class PrefixStore:
         ]
 
 
-def rows_cache(model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> DynamicCache:
-    """A fresh cache holding, for each row, the prefix keys/values of context `rows[r]` (a forward mutates it)."""
+class PreallocatedLayer(DynamicLayer):
+    """A dynamic cache layer that writes each step into a buffer sized for the whole decode instead of concatenating
+    (which copies the whole cache at every step). Keys/values are views of the filled part; inference only."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.key_buffer = key_states.new_empty((*key_states.shape[:-2], self.capacity, key_states.shape[-1]))
+        self.value_buffer = value_states.new_empty((*value_states.shape[:-2], self.capacity, value_states.shape[-1]))
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"cache capacity {self.capacity} exceeded")
+        self.key_buffer[..., self.length : end, :] = key_states
+        self.value_buffer[..., self.length : end, :] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
+        return self.keys, self.values
+
+
+def rows_cache(
+    model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, capacity: int = 0
+) -> DynamicCache:
+    """A fresh cache holding, for each row, the prefix keys/values of context `rows[r]` (a forward mutates it).
+
+    With `capacity` (total positions, prefix included) plain layers write into preallocated buffers (inference)."""
     cache = DynamicCache(config=model.hf.config)
+    if capacity:
+        cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     for index, (keys, values) in enumerate(prefix):
         cache.update(keys[rows], values[rows], index)
     return cache
@@ -112,7 +146,7 @@ def _decode_chunk(
     top_k: int,
 ) -> CellPredictions:
     prompt_len = contexts.shape[1]
-    cache = rows_cache(model, prefix, context_index)
+    cache = rows_cache(model, prefix, context_index, capacity=prompt_len + n_future - 1)
     last_embeds = contexts[context_index, -1:]
     with patch_block_outputs(model.adapter, layers, states):
         probs = _step(model, cache, prompt_len - 1, inputs_embeds=last_embeds)

@@ -87,8 +87,8 @@ class _TokenTexts:
             self.cache[token_id] = self.tokenizer.decode([token_id])
         return self.cache[token_id]
 
-    def probs(self, ids: torch.Tensor, probs: torch.Tensor) -> list[TokenProb]:
-        return [TokenProb(id=i, text=self(i), prob=p) for i, p in zip(ids.tolist(), probs.tolist(), strict=True)]
+    def probs(self, ids: list[int], probs: list[float]) -> list[TokenProb]:
+        return [TokenProb(id=i, text=self(i), prob=p) for i, p in zip(ids, probs, strict=True)]
 
 
 def _cells_for(source: SourcePass, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,17 +110,19 @@ def _assemble(
     timings: dict[str, float],
 ) -> Grid:
     n_tokens = len(source.token_ids)
+    ids, probs = predictions.token_ids.tolist(), predictions.probs.tolist()  # one conversion, not one per cell
+    topk_ids, topk_probs = predictions.topk_ids.tolist(), predictions.topk_probs.tolist()
+    mean_probs = predictions.probs.mean(dim=1).tolist()
     cells = []
     for row in range(len(layers)):
         cells.append([])
         for column in range(n_tokens):
             c = row * n_tokens + column
-            tokens = texts.probs(predictions.token_ids[c], predictions.probs[c])
             cells[-1].append(
                 Cell(
-                    tokens=tokens,
-                    mean_prob=float(predictions.probs[c].mean()),
-                    topk=texts.probs(predictions.topk_ids[c], predictions.topk_probs[c]),
+                    tokens=texts.probs(ids[c], probs[c]),
+                    mean_prob=mean_probs[c],
+                    topk=texts.probs(topk_ids[c], topk_probs[c]),
                 )
             )
     return Grid(
@@ -131,7 +133,7 @@ def _assemble(
         tokens=[TokenText(id=i, text=texts(i)) for i in source.token_ids],
         layers=layers,
         context_prefix=source.context_prefix,
-        next_tokens=texts.probs(source.next_token_ids.cpu(), source.next_token_probs.cpu()),
+        next_tokens=texts.probs(source.next_token_ids.tolist(), source.next_token_probs.tolist()),
         cells=cells,
         timings_ms=timings,
         **lens.describe(layers),
