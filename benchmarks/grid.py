@@ -157,7 +157,10 @@ def bench_dtype(dtype: str, args: argparse.Namespace) -> dict[str, object]:
     forward_tps = roofline(model, roofline_rows, repeats=args.repeats)
     engine_tps = cells * args.n_future / engine_s
     growth = {
-        n: round(timed(model, lambda n=n: compute_grid(model, lens, text_of(model, n), layers, args.n_future), 1), 3)
+        n: round(
+            timed(model, lambda n=n: compute_grid(model, lens, text_of(model, n), layers, args.n_future), args.repeats),
+            3,
+        )
         for n in args.growth
     }
     return {
