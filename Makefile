@@ -8,7 +8,7 @@ MODEL_STAMP := $(VENV)/.model-ready
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install model run test lint format bench train eval clean
+.PHONY: install model run test lint format bench bench-gpu train eval clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ format: install
 
 bench: model
 	$(PY) benchmarks/grid.py
+
+# On a CUDA machine (a CUDA build of torch in the venv): the engine's equivalence tests on the GPU, then the benchmark
+# at GPT-J-6B's real shape with random weights (no download) in bf16 and fp16.
+bench-gpu: model
+	FUTURE_LENS_TEST_DEVICE=cuda $(PY) -m pytest -q tests/test_engine.py
+	$(PY) benchmarks/grid.py --synthetic gpt-j-6b --device cuda --dtypes bfloat16 float16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -3,7 +3,13 @@
 Semantics (Future Lens, Pal et al. 2023): the target context (a soft prompt, or a fixed prompt's embeddings) is fed as
 input embeddings; at the output of block l its last position is overwritten with the source state h; then N tokens
 are decoded greedily, the patch staying in the KV cache. All cells whose target context is the same share that
-context's first P-1 positions, so their keys/values are computed once and reused for every cell and decode step.
+context's first P-1 positions, so their keys/values are computed once (and kept by the lens across requests) and
+reused for every cell and decode step. Cells of all layers share each batched forward (a hook patches each row at its
+own block); decode steps write into a preallocated cache and compute logits for the last position only.
+
+Not done: skipping blocks <= l at the patched position. Their keys/values there equal the unpatched context's, so
+they could come from the prefix too, but running blocks l+1.. alone needs per-architecture block calls (rotary,
+masks, cache positions); the saving is ~(l+1)/(L*N) of the block work, about 13 % averaged over layers at N=4.
 """
 
 from __future__ import annotations
