@@ -16,9 +16,11 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GPTJConfig, GPTJForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTJConfig, PretrainedConfig
 
 from app.lens.grid import compute_grid
 from app.lens.lenses import FutureLens
@@ -36,36 +38,23 @@ BASE_TEXT = (
 )
 
 
+def embedded_dir() -> Path:
+    return converted_dir(CATALOG[DEFAULT_MODEL])
+
+
 # Real shapes of models whose weights may not be at hand; random weights of these shapes time like the real thing.
-SYNTHETIC = {
-    "gpt-j-6b": (GPTJForCausalLM, GPTJConfig()),  # the config's defaults are GPT-J-6B's: 28 blocks, d=4096
-    "smollm2-135m": (
-        LlamaForCausalLM,
-        LlamaConfig(
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            vocab_size=49152,
-            tie_word_embeddings=True,
-        ),
-    ),
+SYNTHETIC: dict[str, Callable[[], PretrainedConfig]] = {
+    "gpt-j-6b": GPTJConfig,  # the config's defaults are GPT-J-6B's: 28 blocks, d=4096
+    "smollm2-135m": lambda: AutoConfig.from_pretrained(embedded_dir()),  # the embedded model's own config
 }
 
 
 def synthetic_model(name: str, device: str, dtype: str, tokenizer_dir: str | None) -> LoadedModel:
     """A random-weight model of a real architecture and size, built directly on the device in the target dtype."""
-    model_class, config = SYNTHETIC[name]
     torch_dtype = resolve_dtype(dtype, torch.device(device))
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or converted_dir(CATALOG[DEFAULT_MODEL]))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch_dtype)
-    try:
-        with torch.device(device):
-            hf = model_class(config)
-    finally:
-        torch.set_default_dtype(previous)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or embedded_dir())
+    with torch.device(device):
+        hf = AutoModelForCausalLM.from_config(SYNTHETIC[name](), dtype=torch_dtype)
     return wrap_model(f"synthetic-{name}", hf, tokenizer)
 
 

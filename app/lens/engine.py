@@ -47,12 +47,15 @@ class CellPredictions:
         return CellPredictions(*(getattr(self, f).cpu() for f in CellPredictions.__dataclass_fields__))
 
 
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys and values, [rows, heads, positions, d_head]
+
+
 def default_chunk_rows(model: LoadedModel) -> int:
     """Rows per forward: bounded so the per-row KV cache and last-position logits stay within a few hundred MB."""
     return 1024 if model.device.type == "cuda" else 512
 
 
-def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> KeysValues:
     """Keys/values of positions 0..P-2 of each context ([G, P, d]) for every block: list of ([G,...], [G,...]).
 
     Differentiable outside inference mode, so training shares it with the engine."""
@@ -61,9 +64,6 @@ def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> list[tuple
     cache = DynamicCache(config=model.hf.config)
     model.hf(inputs_embeds=contexts[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
     return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class PrefixStore:
@@ -119,9 +119,7 @@ class PreallocatedLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def rows_cache(
-    model: LoadedModel, prefix: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, capacity: int = 0
-) -> DynamicCache:
+def rows_cache(model: LoadedModel, prefix: KeysValues, rows: torch.Tensor, capacity: int = 0) -> DynamicCache:
     """A fresh cache holding, for each row, the prefix keys/values of context `rows[r]` (a forward mutates it).
 
     With `capacity` (total positions, prefix included) plain layers write into preallocated buffers (inference)."""
@@ -144,7 +142,7 @@ def _step(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Te
 def _decode_chunk(
     model: LoadedModel,
     contexts: torch.Tensor,
-    prefix: list[tuple[torch.Tensor, torch.Tensor]],
+    prefix: KeysValues,
     context_index: torch.Tensor,
     layers: torch.Tensor,
     states: torch.Tensor,
