@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
+from app.lens import DEFAULT_MODEL, Grid
 from app.lens.display import visible_whitespace
-from app.lens.grid import Grid
+from app.lens.models import PAPER_MODEL
+from app.training.pipeline import EvalOptions, PipelineError, RunOptions, TrainOptions, run_eval, run_train
 
+Options = TypeVar("Options", bound=RunOptions)
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Future Lens: what each hidden state anticipates.")
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="catalog id or local HF model directory")]
@@ -50,7 +54,7 @@ def grid(
     prompt: Annotated[str | None, typer.Option(help="fixed lens: the prompt text")] = None,
     prompt_dir: Annotated[Path | None, typer.Option(help="future lens: folder of trained soft prompts")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the grid JSON")] = False,
-    model: ModelOption = "smollm2-135m-instruct",
+    model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
@@ -79,7 +83,7 @@ def models() -> None:
 
 
 @cli.command()
-def prepare(model: ModelOption = "smollm2-135m-instruct") -> None:
+def prepare(model: ModelOption = DEFAULT_MODEL) -> None:
     """Convert/cache a catalog model once so later loads are fast (no-op when already done)."""
     from app.lens.models import ModelNotAvailableError, model_directory
 
@@ -94,7 +98,7 @@ def prepare(model: ModelOption = "smollm2-135m-instruct") -> None:
 def import_prompt(
     file: Annotated[Path, typer.Argument(help="the paper authors' torch-saved prompt (nn.Parameter [10, d])")],
     layer: Annotated[int, typer.Option(help="the block index it was trained for")],
-    model: ModelOption = "gpt-j-6b",
+    model: ModelOption = PAPER_MODEL,
     prompt_dir: Annotated[Path | None, typer.Option(help="where to write (default checkpoints/<model>)")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -133,7 +137,93 @@ def serve(
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
+# --- training: thin wrappers over app.training.pipeline; defaults come from its option objects ---
+
+LimitOption = Annotated[
+    int | None, typer.Option(help="cap train and dev examples (quick runs, CI); changes the dataset cache key")
+]
+CorpusOption = Annotated[
+    Path,
+    typer.Option(
+        help="JSONL with a `text` field, a .txt file or a folder of .txt; the default, relative to the working "
+        "directory, is this workspace's Pile sample"
+    ),
+]
+TrainPoolOption = Annotated[int, typer.Option(help="training examples cut from the corpus (the data cache's size)")]
+DevPoolOption = Annotated[int, typer.Option(help="dev examples cut from held-out documents")]
+LayersOption = Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")]
+SeedOption = Annotated[int, typer.Option(help="data split, example order and init seed (eval: the one trained with)")]
+PromptDirOption = Annotated[Path | None, typer.Option(help="the soft prompts' folder (default checkpoints/<model>)")]
+ReportDirOption = Annotated[Path | None, typer.Option(help="where reports and plots go (default reports/<model>)")]
+
+
+def run_pipeline(step: Callable[[Options], Path], options: Options) -> None:
+    """Run a training/eval step, reporting bad options as a CLI error (exit code 2)."""
+    try:
+        written = step(options)
+    except (PipelineError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"wrote {written}")
+
+
+@cli.command()
+def train(
+    model: ModelOption = RunOptions.model,
+    layers: LayersOption = RunOptions.layers,
+    examples: Annotated[int, typer.Option(help="training examples per layer (paper: 10000)")] = TrainOptions.examples,
+    batch: Annotated[int, typer.Option(help="examples per AdamW step (paper: 8)")] = TrainOptions.batch,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 5e-4)")] = TrainOptions.lr,
+    targets: Annotated[str, typer.Option(help="future offsets in the loss, e.g. 1 or 0,1,2,3")] = TrainOptions.targets,
+    init: Annotated[
+        str, typer.Option(help="fixed (the paper's fixed prompt's embeddings) or normal")
+    ] = TrainOptions.init,
+    seed: SeedOption = RunOptions.seed,
+    corpus: CorpusOption = RunOptions.corpus,
+    train_pool: TrainPoolOption = RunOptions.train_pool,
+    dev_pool: DevPoolOption = RunOptions.dev_pool,
+    limit: LimitOption = RunOptions.limit,
+    prompt_dir: PromptDirOption = RunOptions.prompt_dir,
+    report_dir: ReportDirOption = RunOptions.report_dir,
+    device: DeviceOption = RunOptions.device,
+    dtype: DtypeOption = RunOptions.dtype,
+) -> None:
+    """Train one soft prompt per layer (resumable: rerun the same command to continue)."""
+    run_pipeline(run_train, TrainOptions(**locals()))
+
+
+@cli.command("eval")
+def evaluate(
+    model: ModelOption = RunOptions.model,
+    layers: LayersOption = RunOptions.layers,
+    seed: SeedOption = RunOptions.seed,
+    corpus: CorpusOption = RunOptions.corpus,
+    train_pool: TrainPoolOption = RunOptions.train_pool,
+    dev_pool: DevPoolOption = RunOptions.dev_pool,
+    limit: LimitOption = RunOptions.limit,
+    prompt_dir: PromptDirOption = RunOptions.prompt_dir,
+    report_dir: ReportDirOption = RunOptions.report_dir,
+    probe_epochs: Annotated[
+        int, typer.Option(help="fine-tune epochs of the linear baselines")
+    ] = EvalOptions.probe_epochs,
+    dev_examples: Annotated[
+        int | None, typer.Option(help="evaluate on the first K dev examples only")
+    ] = EvalOptions.dev_examples,
+    methods: Annotated[
+        str | None, typer.Option(help="comma list (default all); merged into an existing report")
+    ] = EvalOptions.methods,
+    paper_reference: Annotated[
+        Path | None,
+        typer.Option(help="the paper's Figure-4 values (JSON), drawn dashed; skipped when the file is missing"),
+    ] = EvalOptions.paper_reference,
+    device: DeviceOption = RunOptions.device,
+    dtype: DtypeOption = RunOptions.dtype,
+) -> None:
+    """Evaluate the learned prompts and every baseline on the dev split; write the report and the plot."""
+    run_pipeline(run_eval, EvalOptions(**locals()))
+
+
 def main() -> None:
+    """Console entry point (`future-lens`, `python -m app.cli`): every command is registered by now."""
     try:
         cli()
     except KeyboardInterrupt:
@@ -142,100 +232,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-# --- training (issue 4): thin wrappers over app.training.pipeline ---
-
-LimitOption = Annotated[
-    int | None, typer.Option(help="cap train and dev examples (quick runs, CI); changes the dataset cache key")
-]
-CorpusOption = Annotated[Path | None, typer.Option(help="JSONL with a `text` field, a .txt file or a folder of .txt")]
-LayersOption = Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")]
-
-
-@cli.command()
-def train(
-    model: ModelOption = "smollm2-135m-instruct",
-    layers: LayersOption = "all",
-    examples: Annotated[int, typer.Option(help="training examples per layer (paper: 10000)")] = 10_000,
-    batch: Annotated[int, typer.Option(help="examples per AdamW step (paper: 8)")] = 8,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 5e-4)")] = 5e-4,
-    targets: Annotated[str, typer.Option(help="future offsets in the loss, e.g. 1 or 0,1,2,3")] = "1",
-    init: Annotated[str, typer.Option(help="fixed (the paper's fixed prompt's embeddings) or normal")] = "fixed",
-    seed: Annotated[int, typer.Option(help="data split, example order and init seed")] = 0,
-    corpus: CorpusOption = None,
-    limit: LimitOption = None,
-    prompt_dir: Annotated[
-        Path | None, typer.Option(help="where to write the prompts (default checkpoints/<model>)")
-    ] = None,
-    report_dir: Annotated[
-        Path | None, typer.Option(help="where the learning curve goes (default reports/<model>)")
-    ] = None,
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = "float32",
-) -> None:
-    """Train one soft prompt per layer (resumable: rerun the same command to continue)."""
-    from app.training.pipeline import PipelineError, run_train
-
-    try:
-        written = run_train(
-            model,
-            layers,
-            examples,
-            batch,
-            lr,
-            targets,
-            init,
-            seed,
-            corpus,
-            limit,
-            prompt_dir,
-            report_dir,
-            device,
-            dtype,
-        )
-    except (PipelineError, ValueError) as error:
-        fail(str(error))
-    typer.echo(f"wrote {written}")
-
-
-@cli.command("eval")
-def evaluate(
-    model: ModelOption = "smollm2-135m-instruct",
-    layers: LayersOption = "all",
-    seed: Annotated[int, typer.Option(help="the data seed used for training")] = 0,
-    corpus: CorpusOption = None,
-    limit: LimitOption = None,
-    prompt_dir: Annotated[Path | None, typer.Option(help="trained prompts (default checkpoints/<model>)")] = None,
-    report_dir: Annotated[
-        Path | None, typer.Option(help="where eval.json/png/svg go (default reports/<model>)")
-    ] = None,
-    probe_epochs: Annotated[int, typer.Option(help="fine-tune epochs of the linear baselines")] = 2,
-    dev_examples: Annotated[int | None, typer.Option(help="evaluate on the first K dev examples only")] = None,
-    methods: Annotated[
-        str | None, typer.Option(help="comma list (default all); merged into an existing report")
-    ] = None,
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = "float32",
-) -> None:
-    """Evaluate the learned prompts and every baseline on the dev split; write the report and the plot."""
-    from app.training.pipeline import PipelineError, run_eval
-
-    try:
-        written = run_eval(
-            model,
-            layers,
-            seed,
-            corpus,
-            limit,
-            prompt_dir,
-            report_dir,
-            probe_epochs,
-            device,
-            dtype,
-            dev_examples,
-            methods,
-        )
-    except (PipelineError, ValueError) as error:
-        fail(str(error))
-    typer.echo(f"wrote {written}")

@@ -7,18 +7,30 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from app.config import get_limits
-from app.lens.grid import Grid, compute_grid
-from app.lens.layers import LayerSpecError, parse_layers
-from app.lens.lenses import PAPER_FIXED_PROMPT, FixedPromptLens, FutureLens, Lens, LogitLens
-from app.lens.models import LoadedModel, load_model
-from app.lens.prompts import PromptArtifactError, SoftPromptSet, default_prompt_dir, load_soft_prompts
-from app.lens.source import tokenize
+from app.lens import (
+    PAPER_FIXED_PROMPT,
+    SCHEMA,
+    FixedPromptLens,
+    FutureLens,
+    Grid,
+    LayerSpecError,
+    Lens,
+    LoadedModel,
+    LogitLens,
+    PromptArtifactError,
+    SoftPromptSet,
+    load_model,
+    parse_layers,
+)
+from app.lens.prompts import default_prompt_dir
+from app.lens.source import normalize_text, tokenize
 
 Method = Literal["future", "logit", "fixed"]
 
@@ -46,11 +58,11 @@ class GridRequest(BaseModel):
     @field_validator("text")
     @classmethod
     def _text_within_limit(cls, text: str) -> str:
+        """Normalise line ends, then check the length; whitespace-only text is fine (text without tokens is not)."""
+        text = normalize_text(text)
         limit = get_limits().max_text_chars
         if len(text) > limit:
             raise ValueError(f"text has {len(text)} characters; the limit is {limit}")
-        if not text.strip():
-            raise ValueError("text is empty")
         return text
 
     @field_validator("n_future", "top_k", mode="before")
@@ -79,6 +91,7 @@ class GridRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_within_limit(cls, prompt: str | None) -> str | None:
+        prompt = None if prompt is None else normalize_text(prompt)
         limit = get_limits().max_prompt_chars
         if prompt is not None and len(prompt) > limit:
             raise ValueError(f"prompt has {len(prompt)} characters; the limit is {limit}")
@@ -93,6 +106,36 @@ def parse_request(**fields: object) -> GridRequest:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "request"
         raise InvalidRequestError(field, first["msg"].removeprefix("Value error, ")) from None
+
+
+@dataclass(frozen=True)
+class PlannedGrid:
+    """A validated request bound to the lens and the resolved layers that will compute it."""
+
+    request: GridRequest
+    lens: Lens
+    layers: list[int]
+
+    @property
+    def n_future(self) -> int:
+        return self.lens.effective_future(self.request.n_future)
+
+    def canonical(self) -> dict[str, object]:
+        """Everything that determines the grid, normalised (resolved layers, effective N, the lens's identity)."""
+        model = self.lens.model
+        return {
+            "schema": SCHEMA,
+            "model": {"id": model.id, "fingerprint": model.fingerprint, "dtype": model.dtype_name},
+            "method": self.lens.method,
+            "text": self.request.text,
+            "layers": self.layers,
+            "n_future": self.n_future,
+            "top_k": self.request.top_k,
+            **self.lens.identity(self.layers),
+        }
+
+    def compute(self) -> Grid:
+        return self.lens.grid(self.request.text, layers=self.layers, n_future=self.n_future, top_k=self.request.top_k)
 
 
 class LensService:
@@ -121,7 +164,7 @@ class LensService:
         with self._lock:
             if self._future is None:
                 try:
-                    self._future = FutureLens(self.model, load_soft_prompts(self.prompt_dir, self.model))
+                    self._future = FutureLens(self.model, self.prompt_dir)
                 except PromptArtifactError as error:
                     raise InvalidRequestError("method", str(error)) from None
             return self._future
@@ -148,8 +191,8 @@ class LensService:
             return self._fixed_lens(prompt)
         return self._future_lens()
 
-    def validate(self, request: GridRequest) -> tuple[Lens, list[int]]:
-        """Check what depends on the model (model name, token count, layers); return the lens and layers to use."""
+    def plan(self, request: GridRequest) -> PlannedGrid:
+        """Check what depends on the model (model name, token count, layers); bind the lens and layers to use."""
         if request.model is not None and request.model != self.model.id:
             raise InvalidRequestError("model", f"this server serves {self.model.id!r} only")
         n_tokens = len(tokenize(self.model, request.text))
@@ -162,8 +205,9 @@ class LensService:
             layers = parse_layers(request.layers, self.model.adapter.n_layers)
         except LayerSpecError as error:
             raise InvalidRequestError("layers", str(error)) from None
-        return self.lens_for(request), layers
+        return PlannedGrid(request, self.lens_for(request), layers)
 
-    def compute(self, request: GridRequest) -> Grid:
-        lens, layers = self.validate(request)
-        return compute_grid(self.model, lens, request.text, layers, request.n_future, request.top_k)
+    def compute(self, request: GridRequest | PlannedGrid) -> Grid:
+        """The grid of a request (planned first unless it already is)."""
+        planned = request if isinstance(request, PlannedGrid) else self.plan(request)
+        return planned.compute()

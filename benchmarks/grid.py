@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTJConfig, PretrainedConfig
 
-from app.lens.grid import compute_grid
 from app.lens.lenses import FutureLens
 from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, converted_dir, load_model, resolve_dtype, wrap_model
 from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
@@ -136,9 +135,9 @@ def bench_dtype(dtype: str, args: argparse.Namespace) -> dict[str, object]:
     lens = FutureLens(model, prompts)
     layers = list(range(model.adapter.n_layers))
     text = text_of(model, args.tokens)
-    compute_grid(model, lens, text_of(model, 4), layers, args.n_future)  # warm-up
+    lens.grid(text_of(model, 4), layers=layers, n_future=args.n_future)  # warm-up
     grids = []
-    engine_s = timed(model, lambda: grids.append(compute_grid(model, lens, text, layers, args.n_future)), args.repeats)
+    engine_s = timed(model, lambda: grids.append(lens.grid(text, layers=layers, n_future=args.n_future)), args.repeats)
     cells = len(layers) * args.tokens
     naive_cell_s = naive_seconds_per_cell(model, lens, text, args.n_future, args.naive_cells, args.repeats)
     naive_s = naive_cell_s * cells
@@ -147,7 +146,7 @@ def bench_dtype(dtype: str, args: argparse.Namespace) -> dict[str, object]:
     engine_tps = cells * args.n_future / engine_s
     growth = {
         n: round(
-            timed(model, lambda n=n: compute_grid(model, lens, text_of(model, n), layers, args.n_future), args.repeats),
+            timed(model, lambda n=n: lens.grid(text_of(model, n), layers=layers, n_future=args.n_future), args.repeats),
             3,
         )
         for n in args.growth

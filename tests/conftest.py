@@ -3,29 +3,41 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
 from hypothesis import settings
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    AutoModelForCausalLM,
     AutoTokenizer,
+    Gemma2Config,
+    GemmaConfig,
     GPT2Config,
     GPT2LMHeadModel,
     GPTJConfig,
     GPTJForCausalLM,
+    GPTNeoConfig,
+    GPTNeoXConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    PretrainedConfig,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
 )
 
 from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, load_model, prepare_gguf_cache, wrap_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# CI replays the same examples every run (a failure found locally is kept as a regression test instead).
-settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+# Hypothesis replays the same examples on every run, everywhere, so a test passes or fails the same way each time.
+# To hunt for new failures with random examples: `HYPOTHESIS_PROFILE=explore pytest ...` (keep what it finds as an
+# explicit regression example).
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 TINY_VOCAB = 1000
 # Where the tiny models and the embedded model run: "cpu" here and in CI; "cuda" for the GPU check
 # (`FUTURE_LENS_TEST_DEVICE=cuda pytest tests/test_engine.py`), so the same equivalence tests cover the CUDA path.
@@ -119,6 +131,91 @@ def smollm2(embedded_dir) -> LoadedModel:
     return load_model(DEFAULT_MODEL, device=TEST_DEVICE, dtype="float32")
 
 
-@pytest.fixture(params=["tiny_gptj", "tiny_llama", "tiny_gpt2"])
-def tiny_model(request) -> LoadedModel:
-    return request.getfixturevalue(request.param)
+def _llama_like(config_class: type[PretrainedConfig], **extra: object) -> PretrainedConfig:
+    """A 3-block config of a Llama-like family: hidden 64, 4 query heads sharing 2 key/value heads."""
+    return config_class(
+        num_hidden_layers=3,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=TINY_VOCAB,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        initializer_range=0.2,
+        **extra,
+    )
+
+
+# Windows shorter than every context the engine tests use (10 soft-prompt vectors, a 5-word fixed prompt), so
+# local attention really drops positions.
+SHORT_WINDOW = 4
+
+#: The other advertised families (`app/lens/architectures.py`): config builders for tiny random models.
+TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
+    "mistral": lambda: _llama_like(MistralConfig, sliding_window=SHORT_WINDOW),
+    "qwen2": lambda: _llama_like(
+        Qwen2Config, use_sliding_window=True, sliding_window=SHORT_WINDOW, max_window_layers=1
+    ),
+    "qwen3": lambda: _llama_like(Qwen3Config, head_dim=16),
+    "gemma": lambda: _llama_like(GemmaConfig, head_dim=16),
+    "gemma2": lambda: _llama_like(
+        Gemma2Config, head_dim=16, sliding_window=SHORT_WINDOW, final_logit_softcapping=5.0, attn_logit_softcapping=5.0
+    ),
+    "gpt_neo": lambda: GPTNeoConfig(
+        num_layers=3,
+        attention_types=[[["global", "local"], 1], [["global"], 1]],
+        window_size=SHORT_WINDOW,
+        hidden_size=64,
+        num_heads=4,
+        vocab_size=TINY_VOCAB,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.2,
+    ),
+    "gpt_neox": lambda: GPTNeoXConfig(
+        num_hidden_layers=3,
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=TINY_VOCAB,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.2,
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_architectures() -> dict[str, LoadedModel]:
+    """One tiny random model per family of `TINY_CONFIGS` (word-level vocabulary, fixed seed), keyed by model type."""
+    built = {}
+    for seed, (model_type, make_config) in enumerate(TINY_CONFIGS.items(), start=10):
+        torch.manual_seed(seed)
+        hf = AutoModelForCausalLM.from_config(make_config())
+        built[model_type] = _tiny(f"tiny-{model_type}", hf, word_tokenizer())
+    return built
+
+
+def tiny_model_named(request: pytest.FixtureRequest, name: str) -> LoadedModel:
+    """The tiny model `name`: a fixture's name or a key of `TINY_CONFIGS`."""
+    if name in TINY_CONFIGS:
+        return request.getfixturevalue("tiny_architectures")[name]
+    return request.getfixturevalue(name)
+
+
+TINY_MODELS = ["tiny_gptj", "tiny_llama", "tiny_gpt2"]
+#: A tiny model of every family in `app.lens.architectures.ARCHITECTURES` (fixture names, `TINY_CONFIGS` keys):
+#: `@pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)`. Sliding windows (4) are shorter than
+#: the lens contexts, so the engine's caches must keep every prefix position (`engine.full_cache`).
+ALL_ARCHITECTURES = [*TINY_MODELS, *TINY_CONFIGS]
+
+
+@pytest.fixture(params=TINY_MODELS)
+def tiny_model(request: pytest.FixtureRequest) -> LoadedModel:
+    """A tiny GPT-J, Llama or GPT-2 (parametrize it indirectly with `ALL_ARCHITECTURES` for every family)."""
+    return tiny_model_named(request, request.param)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.lens import models
 from app.lens.grid import Grid
 
 runner = CliRunner()
@@ -65,6 +67,37 @@ def test_models_lists_the_catalog() -> None:
     assert "smollm2-135m-instruct" in result.output and "gpt-j-6b" in result.output
 
 
-def test_prepare_is_a_no_op_when_cached() -> None:
+@pytest.mark.embedded
+def test_prepare_is_a_no_op_when_cached(embedded_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the converted model cached, `prepare` loads no GGUF and rewrites no file."""
+    loads: list[object] = []
+
+    class NoLoading:
+        @staticmethod
+        def from_pretrained(*args: object, **kwargs: object) -> None:
+            loads.append(args)
+            raise AssertionError("prepare loaded the GGUF again")
+
+    monkeypatch.setattr(models, "AutoModelForCausalLM", NoLoading)
+    monkeypatch.setattr(models, "AutoTokenizer", NoLoading)
+
+    def files() -> dict[str, tuple[int, int]]:
+        return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in embedded_dir.iterdir()}
+
+    before = files()
     result = runner.invoke(cli, ["prepare"])
-    assert result.exit_code == 0 and "ready at" in result.output
+    assert result.exit_code == 0, result.output
+    assert f"ready at {embedded_dir}" in result.output
+    assert loads == [] and files() == before
+
+
+@pytest.mark.embedded
+def test_whitespace_only_text_with_crlf_gives_the_same_tokens_as_the_web() -> None:
+    result = runner.invoke(cli, ["grid", "\r\n\r\n", "--method", "logit", "--layers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    grid = Grid.model_validate(json.loads(result.output))
+    assert "".join(token.text for token in grid.tokens) == "\n\n"  # \r\n normalised, as the form and API do
+    assert all(token.piece for token in grid.tokens)
+    readable = runner.invoke(cli, ["grid", "\r\n\r\n", "--method", "logit", "--layers", "0"])
+    assert readable.exit_code == 0, readable.output
+    assert readable.output.splitlines()[0].split() == ["layer", "↵↵"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -41,6 +43,15 @@ def occupy(worker: InferenceWorker) -> threading.Event:
     worker.submit("occupied", lambda: (started.set(), release.wait(30)))
     assert started.wait(5)
     return release
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, message: Callable[[], str]) -> None:
+    """Poll `condition` until it holds; fail the test with `message()` after `timeout_s` instead of hanging."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout_s} s: {message()}")
+        time.sleep(0.02)
 
 
 def body(text: str) -> dict[str, object]:
@@ -86,9 +97,11 @@ def test_identical_concurrent_requests_are_computed_once(service, tmp_path) -> N
         ]
         for thread in threads:
             thread.start()
-        while client.app.state.keeper.worker.queued < 2:  # the blocker + the one shared job
-            threading.Event().wait(0.02)
-        release.set()
+        worker = client.app.state.keeper.worker
+        try:  # queued: the blocker + the one job the 4 requests share
+            wait_until(lambda: worker.queued >= 2, 10, lambda: f"the requests' job never queued ({worker.queued=})")
+        finally:
+            release.set()
         for thread in threads:
             thread.join(30)
         assert [r.status_code for r in responses] == [200] * 4

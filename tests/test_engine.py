@@ -7,14 +7,14 @@ import copy
 import pytest
 import torch
 
-from app.lens.engine import CellPredictions, decode_patched
-from app.lens.grid import compute_grids
+from app.lens.architectures import ARCHITECTURES
+from app.lens.engine import CellPredictions, PatchedCells, decode_patched
 from app.lens.lenses import FixedPromptLens, FutureLens, PatchedContextLens
 from app.lens.models import LoadedModel, wrap_model
 from app.lens.prompts import SoftPromptSet
 from app.lens.reference import naive_cells
 from app.lens.source import run_source_pass, tokenize
-from tests.conftest import TEST_DEVICE, words
+from tests.conftest import ALL_ARCHITECTURES, TEST_DEVICE, tiny_model_named, words
 
 
 def random_prompts(model: LoadedModel, layers: list[int], length: int = 10, seed: int = 0) -> SoftPromptSet:
@@ -54,32 +54,40 @@ def texts_for(model: LoadedModel) -> list[str]:
     return [words(6, seed=1), words(1, seed=2), words(9, seed=3)]
 
 
+@pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)
 @pytest.mark.parametrize(("n_future", "layer_pick"), [(1, "all"), (3, "subset")])
 def test_future_lens_matches_naive_on_tiny_models(tiny_model: LoadedModel, n_future: int, layer_pick: str) -> None:
     n_layers = tiny_model.adapter.n_layers
     layers = list(range(n_layers)) if layer_pick == "all" else [0, n_layers - 1]
     lens = FutureLens(tiny_model, random_prompts(tiny_model, layers), chunk_rows=7)  # several chunks per call
     texts = texts_for(tiny_model)
-    grids = compute_grids(tiny_model, lens, texts, layers, n_future, top_k=4)  # texts of different lengths together
+    grids = lens.grids(texts, layers=layers, n_future=n_future, top_k=4)  # texts of different lengths together
     for text, grid in zip(texts, grids, strict=True):
         assert len(grid.cells) == len(layers)
         assert all(len(row) == len(grid.tokens) for row in grid.cells)
         assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, n_future, 4))
 
 
+@pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)
 def test_fixed_prompt_lens_matches_naive(tiny_model: LoadedModel) -> None:
     prompt = "Hello! Could you please tell me more about" if tiny_model.id == "tiny-llama" else words(5, seed=9)
     lens = FixedPromptLens(tiny_model, prompt)
     layers = list(range(tiny_model.adapter.n_layers))
     text = texts_for(tiny_model)[0]
-    grid = compute_grids(tiny_model, lens, [text], layers, 2, top_k=3)[0]
+    grid = lens.grids([text], layers=layers, n_future=2, top_k=3)[0]
     assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, 2, 3))
+
+
+def test_every_advertised_architecture_has_a_tiny_model(request: pytest.FixtureRequest) -> None:
+    """The equivalence tests above run one tiny model of each family `ARCHITECTURES` lists, of that very type."""
+    model_types = [tiny_model_named(request, name).hf.config.model_type for name in ALL_ARCHITECTURES]
+    assert sorted(model_types) == sorted(ARCHITECTURES)
 
 
 def test_prompt_fallback_to_nearest_layer_matches_naive(tiny_gptj: LoadedModel) -> None:
     prompts = random_prompts(tiny_gptj, [0], seed=5)  # only layer 0 trained: layers 1 and 2 borrow it
     lens = FutureLens(tiny_gptj, prompts)
-    grid = compute_grids(tiny_gptj, lens, [words(4, seed=4)], [0, 1, 2], 2, top_k=2)[0]
+    grid = lens.grids([words(4, seed=4)], layers=[0, 1, 2], n_future=2, top_k=2)[0]
     assert grid.prompt_layers == [0, 0, 0]
     assert_same(grid_predictions(grid), naive_grid_cells(lens, words(4, seed=4), [0, 1, 2], 2, 2))
 
@@ -87,12 +95,12 @@ def test_prompt_fallback_to_nearest_layer_matches_naive(tiny_gptj: LoadedModel) 
 def test_stored_prefixes_are_reused_across_requests(tiny_gptj: LoadedModel) -> None:
     """A lens keeps each context's prefix keys/values: later calls mix stored and new contexts, results unchanged."""
     lens = FutureLens(tiny_gptj, random_prompts(tiny_gptj, [0, 1, 2], seed=11), chunk_rows=5)
-    compute_grids(tiny_gptj, lens, [words(3, seed=12)], [1], 2, top_k=3)  # stores layer 1's prefix only
+    lens.grids([words(3, seed=12)], layers=[1], n_future=2, top_k=3)  # stores layer 1's prefix only
     assert lens.prefixes.stored_keys() == {1}
     text = words(5, seed=13)
-    grid = compute_grids(tiny_gptj, lens, [text], [2, 1, 0], 2, top_k=3)[0]
-    assert lens.prefixes.stored_keys() == {0, 1, 2}
-    assert_same(grid_predictions(grid), naive_grid_cells(lens, text, [2, 1, 0], 2, 3))
+    grid = lens.grid(text, layers=[2, 1, 0], n_future=2, top_k=3)
+    assert lens.prefixes.stored_keys() == {0, 1, 2} and grid.layers == [0, 1, 2]
+    assert_same(grid_predictions(grid), naive_grid_cells(lens, text, grid.layers, 2, 3))
 
 
 def test_contexts_of_different_lengths_in_one_call(tiny_llama: LoadedModel) -> None:
@@ -103,7 +111,8 @@ def test_contexts_of_different_lengths_in_one_call(tiny_llama: LoadedModel) -> N
     index = [0, 1, 2, 3, 1, 0]
     layers = [0, 1, 1, 0, 0, 1]
     states = torch.stack([source.hidden[layer, i % 3] for i, layer in enumerate(layers)])
-    engine = decode_patched(tiny_llama, contexts, torch.tensor(index), torch.tensor(layers), states, 3, 4, chunk_rows=2)
+    cells = PatchedCells(contexts, torch.tensor(index), torch.tensor(layers), states)
+    engine = decode_patched(tiny_llama, cells, n_future=3, top_k=4, chunk_rows=2)
     assert_same(engine, naive_cells(tiny_llama, contexts, index, layers, states, 3, 4))
 
 
@@ -113,14 +122,14 @@ def test_embedded_model_future_and_fixed_match_naive(smollm2: LoadedModel) -> No
     layers = [0, 7, 15, 29]
     future = FutureLens(smollm2, random_prompts(smollm2, [0, 15, 29], seed=3))
     for lens, n_future in [(future, 3), (FixedPromptLens(smollm2), 2)]:
-        grid = compute_grids(smollm2, lens, [text], layers, n_future, top_k=5)[0]
+        grid = lens.grid(text, layers=layers, n_future=n_future, top_k=5)
         assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, n_future, 5))
 
 
 @pytest.mark.embedded
 def test_one_token_text_and_single_layer(smollm2: LoadedModel) -> None:
     lens = FixedPromptLens(smollm2)
-    grid = compute_grids(smollm2, lens, ["Hello"], [29], 1, top_k=3)[0]
+    grid = lens.grid("Hello", layers=[29], n_future=1, top_k=3)
     assert len(grid.tokens) == 1 and len(grid.cells) == 1 and len(grid.cells[0][0].tokens) == 1
     assert_same(grid_predictions(grid), naive_grid_cells(lens, "Hello", [29], 1, 3))
 
@@ -128,7 +137,8 @@ def test_one_token_text_and_single_layer(smollm2: LoadedModel) -> None:
 def test_n_future_must_be_positive(tiny_gpt2: LoadedModel) -> None:
     context = [torch.zeros(3, tiny_gpt2.adapter.d_model)]
     with pytest.raises(ValueError, match="n_future"):
-        decode_patched(tiny_gpt2, context, torch.tensor([0]), torch.tensor([0]), torch.zeros(1, 64), 0)
+        cells = PatchedCells(context, torch.tensor([0]), torch.tensor([0]), torch.zeros(1, 64))
+        decode_patched(tiny_gpt2, cells, n_future=0)
 
 
 HALF_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3}  # a few units in the last place of a probability
@@ -143,7 +153,7 @@ def test_half_precision_engine_agrees_with_naive(tiny_model: LoadedModel, dtype:
     layers = list(range(half.adapter.n_layers))
     lens = FutureLens(half, random_prompts(half, layers), chunk_rows=7)
     texts = texts_for(half)
-    grids = compute_grids(half, lens, texts, layers, 3, top_k=4)
+    grids = lens.grids(texts, layers=layers, n_future=3, top_k=4)
     engine = CellPredictions.concat([grid_predictions(grid) for grid in grids])
     naive = CellPredictions.concat([naive_grid_cells(lens, text, layers, 3, 4) for text in texts])
     tolerance = HALF_TOLERANCE[dtype]

@@ -10,13 +10,13 @@ import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, OPTConfig, OPTForCausalLM
 
 from app.lens.architectures import ModelAdapter, UnsupportedArchitectureError, block_output_tensor
-from app.lens.grid import SCHEMA, Grid, compute_grid
+from app.lens.grid import SCHEMA, Grid
 from app.lens.layers import LayerSpecError, parse_layers, strided_layers
 from app.lens.lenses import LogitLens
-from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, ModelNotAvailableError, wrap_model
+from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, ModelNotAvailableError, load_model, wrap_model
 from app.lens.prompts import PromptArtifactError, import_paper_prompt, load_soft_prompts, save_soft_prompt
 from app.lens.source import EmptyTextError, run_source_pass, tokenize
-from tests.conftest import words
+from tests.conftest import TINY_VOCAB, word_tokenizer, words
 
 
 def test_adapter_finds_the_modules(tiny_model: LoadedModel) -> None:
@@ -84,7 +84,7 @@ def test_logit_lens_last_layer_equals_model_logits(tiny_model: LoadedModel) -> N
     text = words(6) if tiny_model.id != "tiny-llama" else "The cat sat on the mat"
     ids = tokenize(tiny_model, text)
     n_layers = tiny_model.adapter.n_layers
-    grid = compute_grid(tiny_model, LogitLens(tiny_model), text, list(range(n_layers)), n_future=4, top_k=5)
+    grid = LogitLens(tiny_model).grid(text, layers=list(range(n_layers)), n_future=4, top_k=5)
     assert grid.n_future == 1  # the logit lens reads the next token only
     with torch.no_grad():
         probs = torch.softmax(tiny_model.hf(torch.tensor([[0, *ids]])).logits[0, 1:], -1)
@@ -100,10 +100,30 @@ def test_fingerprint_identifies_the_weights(tiny_gptj: LoadedModel) -> None:
 
     same = wrap_model("same", copy.deepcopy(tiny_gptj.hf), tiny_gptj.tokenizer)
     assert same.fingerprint == tiny_gptj.fingerprint
-    changed = copy.deepcopy(tiny_gptj.hf)
-    with torch.no_grad():
-        changed.lm_head.weight[0, 0] += 1.0
-    assert wrap_model("changed", changed, tiny_gptj.tokenizer).fingerprint != tiny_gptj.fingerprint
+    for parameter in ("lm_head.weight", "transformer.h.1.mlp.fc_in.weight", "transformer.ln_f.bias"):
+        changed = copy.deepcopy(tiny_gptj.hf)  # every parameter counts, not only the (un)embedding
+        with torch.no_grad():
+            changed.get_parameter(parameter).view(-1)[0] += 1.0
+        assert wrap_model("changed", changed, tiny_gptj.tokenizer).fingerprint != tiny_gptj.fingerprint, parameter
+    other_tokenizer = word_tokenizer(vocab_size=999)  # same weights, another tokenizer
+    assert wrap_model("retokenized", tiny_gptj.hf, other_tokenizer).fingerprint != tiny_gptj.fingerprint
+
+
+def test_loading_remembers_the_fingerprint_per_weight_files(tmp_path, monkeypatch) -> None:
+    """`load_model` hashes a folder's weights once; a changed weight file is hashed again."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from app.lens import models
+
+    monkeypatch.setenv("FUTURE_LENS_CACHE", str(tmp_path / "cache"))
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=TINY_VOCAB)).save_pretrained(tmp_path / "m")
+    word_tokenizer().save_pretrained(tmp_path / "m")
+    first = load_model(str(tmp_path / "m"))
+    calls = []
+    monkeypatch.setattr(models, "weights_fingerprint", lambda *args: calls.append(args) or "recomputed")
+    assert load_model(str(tmp_path / "m")).fingerprint == first.fingerprint and not calls
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=TINY_VOCAB)).save_pretrained(tmp_path / "m")
+    assert load_model(str(tmp_path / "m")).fingerprint == "recomputed" and len(calls) == 1
 
 
 def test_fingerprint_is_dtype_independent_for_bf16_exact_weights(tiny_gpt2: LoadedModel) -> None:
@@ -144,7 +164,7 @@ def test_strided_layers_keep_the_last() -> None:
 
 
 def test_grid_json_validates_against_the_schema(tiny_gpt2: LoadedModel) -> None:
-    grid = compute_grid(tiny_gpt2, LogitLens(tiny_gpt2), words(3), [0, 2], n_future=1, top_k=2)
+    grid = LogitLens(tiny_gpt2).grid(words(3), layers=[0, 2], n_future=1, top_k=2)
     payload = json.loads(grid.model_dump_json())
     assert payload["schema"] == SCHEMA
     required = {"schema", "model", "method", "n_future", "tokens", "layers", "context_prefix", "cells", "timings_ms"}
@@ -225,7 +245,7 @@ def test_pickle_only_directory_is_refused(tmp_path, tiny_gpt2) -> None:
 def test_embedded_model_logit_lens_matches_greedy(smollm2: LoadedModel) -> None:
     assert (smollm2.adapter.n_layers, smollm2.adapter.d_model) == (30, 576)
     text = "The Eiffel Tower is in the city of"
-    grid = compute_grid(smollm2, LogitLens(smollm2), text, [29], n_future=1, top_k=5)
+    grid = LogitLens(smollm2).grid(text, layers=[29], n_future=1, top_k=5)
     ids = tokenize(smollm2, text)
     generated = smollm2.hf.generate(torch.tensor([[0, *ids]]), max_new_tokens=1, do_sample=False)
     assert grid.cells[0][-1].tokens[0].id == generated[0, -1].item()

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.config import get_limits
 from app.lens.models import LoadedModel
 from app.lens.prompts import load_soft_prompts, read_manifest
 from app.training import train as train_module
@@ -35,9 +36,9 @@ def corpus(tmp_path) -> Path:
     return path
 
 
-def tiny_dataset(model: LoadedModel, corpus: Path, n_train: int = 48, n_dev: int = 16) -> Dataset:
-    config = DataConfig(corpus=str(corpus), max_train=n_train, max_dev=n_dev, cuts_per_doc=8)
-    return prepare_dataset(model, config)[0]
+def tiny_dataset(model: LoadedModel, corpus: Path, n_train: int = 48, n_dev: int = 16, **config: int) -> Dataset:
+    data = DataConfig(corpus=str(corpus), max_train=n_train, max_dev=n_dev, cuts_per_doc=8, **config)
+    return prepare_dataset(model, data)[0]
 
 
 def test_split_is_by_document_and_seeded():
@@ -50,7 +51,8 @@ def test_dataset_matches_the_model_and_is_cached(tiny_gptj, corpus):
     dataset = tiny_dataset(tiny_gptj, corpus)
     train = dataset.train
     assert len(train) == 48 and len(dataset.dev) == 16
-    assert ((train.lengths >= 16) & (train.lengths <= 32)).all()
+    assert ((train.lengths >= 1) & (train.lengths <= 64)).all()  # every grid position, the early ones too
+    assert train.lengths.min() <= 8 and train.lengths.max() > 32
     # teacher = the model's own greedy continuation; states = block outputs at the last context token
     row = 5
     ids = [*tiny_gptj.context_prefix, *train.contexts[row, : train.lengths[row]].tolist()]
@@ -98,7 +100,7 @@ def test_a_trained_prompt_beats_a_random_one(tiny_gptj, corpus, tmp_path):
     with torch.no_grad():
         trained = group_loss(tiny_gptj, state.prompts, layers, dataset.dev, (1,)).item()
         baseline = group_loss(tiny_gptj, random_prompt, layers, dataset.dev, (1,)).item()
-    assert trained < 0.8 * baseline
+    assert trained < 0.9 * baseline  # the random prompt is where training started: held-out KL fell >10 %
     assert [p["examples"] for p in state.curve] == [0, 96]
 
 
@@ -216,7 +218,7 @@ def test_layer_rows_pair_each_layer_with_its_states(tiny_gptj, corpus):
     assert rows["layers"].tolist() == [2, 2, 2, 0, 0, 0]
     torch.testing.assert_close(rows["states"][4], batch.states[1, 0])
     assert rows["teacher"].shape == (6, 1)
-    assert asdict(DataConfig(corpus="x"))["max_context"] == 32
+    assert asdict(DataConfig(corpus="x"))["max_context"] == get_limits().max_text_tokens == 64
 
 
 def test_a_run_can_be_extended_with_more_examples(tiny_gptj, corpus, tmp_path):

@@ -17,7 +17,7 @@ from app.service import LensService
 from app.store import MemoryGridStore, SQLiteGridStore, StoredGrid, StoreError, grid_id, is_grid_id
 from app.web.app import SOURCE_ROOT, create_app
 from app.web.reports import report_table
-from tests.webapp_helpers import PROMPT_LAYERS, random_prompt_dir, service_with_prompts
+from tests.webapp_helpers import PROMPT_LAYERS, service_with_prompts
 
 pytestmark = pytest.mark.embedded
 
@@ -58,7 +58,7 @@ def stored_count(client: TestClient) -> int:
 def test_post_lens_returns_layers_by_tokens_by_n(posted, smollm2):
     grid = posted.json()
     n_tokens = len(tokenize(smollm2, TEXT))
-    assert grid["schema"] == "future-lens.grid/1"
+    assert grid["schema"] == "future-lens.grid/2"
     assert grid["method"] == "future"
     assert grid["layers"] == [0, 15, 29]
     assert len(grid["tokens"]) == n_tokens
@@ -135,7 +135,7 @@ def test_permalink_page_renders_the_stored_grid(client, posted):
     assert html.count('class="layer-head"') == len(grid["layers"])
     assert f'data-copy="{grid["permalink"]}"' in html
     assert "Content-Security-Policy" in page.headers
-    assert ">Marty McFly from</textarea>" in html  # the form shows what was asked
+    assert ">\nMarty McFly from</textarea>" in html  # the form shows what was asked
 
 
 def test_stored_grids_survive_a_new_app_on_the_same_db(service, db_path, posted):
@@ -174,7 +174,6 @@ def test_unknown_permalinks_are_404(client, path):
 LIMITS = get_limits()
 BAD_REQUESTS = [
     ({"text": ""}, "text"),
-    ({"text": "   "}, "text"),
     ({}, "text"),
     ({"text": "x" * (LIMITS.max_text_chars + 1)}, "text"),
     ({"text": "word " * (LIMITS.max_text_tokens + 5)}, "text"),
@@ -238,7 +237,7 @@ def test_index_defaults_to_the_future_lens_when_prompts_exist(client):
     page = client.get("/")
     assert page.status_code == 200
     assert '<option value="future" selected>' in page.text
-    assert ">Marty McFly from</textarea>" in page.text
+    assert ">\nMarty McFly from</textarea>" in page.text
     assert "Future lens unavailable" not in page.text
 
 
@@ -314,6 +313,59 @@ def test_token_text_is_escaped_in_the_page(client):
     assert json.loads(island)["tokens"] == [token["text"] for token in grid["tokens"]]
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+
+
+# ---------- token text, line ends and whitespace-only text ----------
+
+LOGIT_LAYERS = [0, 10, 20, 29]  # what the form's stride 10 means on 30 layers
+
+
+def token_texts(grid: dict) -> list[str]:
+    return [token["text"] for token in grid["tokens"]]
+
+
+def test_crlf_and_lf_give_the_same_tokens_and_permalink_in_api_and_form(client):
+    lf = client.post("/lens", json={"text": "One\ntwo\n\nthree", "method": "logit", "layers": LOGIT_LAYERS}).json()
+    crlf = client.post("/lens", json={"text": "One\r\ntwo\r\n\r\nthree", "method": "logit", "layers": LOGIT_LAYERS})
+    assert crlf.headers["x-future-lens-cache"] == "hit"
+    assert crlf.json()["id"] == lf["id"]
+    assert "".join(token_texts(lf)) == "One\ntwo\n\nthree"
+    form = {"text": "One\r\ntwo\r\n\r\nthree", "method": "logit", "n_future": "1", "stride": "10"}
+    fragment = client.post("/grid", data=form, headers={"HX-Request": "true"})
+    assert fragment.status_code == 200
+    assert fragment.headers["hx-push-url"] == lf["permalink"]
+
+
+def test_whitespace_only_text_gives_a_grid_in_api_form_and_page(client):
+    grid = client.post("/lens", json={"text": "\n\n", "method": "logit", "layers": [0, 29]})
+    assert grid.status_code == 200, grid.text
+    tokens = grid.json()["tokens"]
+    assert "".join(token["text"] for token in tokens) == "\n\n"
+    assert all(token["piece"] for token in tokens)
+    page = client.get(grid.json()["permalink"])
+    assert page.status_code == 200
+    header = re.search(r'<th class="tok-head".*?<span class="tok">(.*?)</span></th>', page.text, re.S).group(1)
+    assert header == '<span class="ws">↵</span>' * 2
+    assert ">\n\n\n</textarea>" in page.text  # the textarea gives back both newlines (HTML drops the first one)
+    form = {"text": "\r\n\r\n", "method": "logit", "n_future": "1", "stride": "10"}
+    fragment = client.post("/grid", data=form, headers={"HX-Request": "true"})
+    assert fragment.status_code == 200, fragment.text[:300]
+    assert client.get(fragment.headers["hx-push-url"] + ".json").json()["tokens"] == tokens
+
+
+def test_split_characters_show_byte_escapes_on_the_page(client, smollm2):
+    text = "a 日本語 <b>"
+    grid = client.post("/lens", json={"text": text, "method": "logit", "layers": [0, 29]}).json()
+    texts = token_texts(grid)
+    assert " \\xe6" in texts and not any("�" in t for t in texts)
+    assert [token["piece"] for token in grid["tokens"]] == smollm2.tokenizer.convert_ids_to_tokens(
+        [token["id"] for token in grid["tokens"]]
+    )
+    html = client.get(grid["permalink"]).text
+    assert '<span class="ws">·</span>\\xe6' in html
+    assert "<b>" not in html and "&lt;" in html
+    island = re.search(r'<template id="grid-data">(.*?)</template>', html, re.S).group(1)
+    assert json.loads(island)["tokens"] == texts
 
 
 def test_healthz_reports_the_model_and_prompt_layers(client, smollm2):
@@ -436,9 +488,3 @@ def test_corrupt_database_is_a_clear_error(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open the permalink database"):
         SQLiteGridStore(path)
-
-
-def test_prompt_dir_fixture_layers(smollm2, tmp_path):
-    """The helper writes loadable prompts (guards the other tests' assumptions)."""
-    service = LensService(smollm2, prompt_dir=random_prompt_dir(tmp_path, smollm2, layers=(3,)))
-    assert service.soft_prompts is not None and sorted(service.soft_prompts.prompts) == [3]

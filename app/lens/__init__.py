@@ -1,0 +1,37 @@
+"""The public lens API: load a model, pick a lens, read a grid. Stable; everything else in `app` is internal.
+
+    from app.lens import FutureLens, load_model
+    model = load_model("smollm2-135m-instruct")
+    grid = FutureLens(model).grid("Marty McFly from", layers="::3", n_future=4)
+
+`grid.cells[i][j].tokens` are the N tokens block `grid.layers[i]`'s state at token `grid.tokens[j]` anticipates.
+"""
+
+from app.lens.grid import SCHEMA, Cell, Grid, TokenProb, TokenText
+from app.lens.layers import LayerSpecError, parse_layers
+from app.lens.lenses import PAPER_FIXED_PROMPT, FixedPromptLens, FutureLens, Lens, LogitLens
+from app.lens.models import DEFAULT_MODEL, LoadedModel, ModelNotAvailableError, load_model, wrap_model
+from app.lens.prompts import PromptArtifactError, SoftPromptSet, load_soft_prompts
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PAPER_FIXED_PROMPT",
+    "SCHEMA",
+    "Cell",
+    "FixedPromptLens",
+    "FutureLens",
+    "Grid",
+    "LayerSpecError",
+    "Lens",
+    "LoadedModel",
+    "LogitLens",
+    "ModelNotAvailableError",
+    "PromptArtifactError",
+    "SoftPromptSet",
+    "TokenProb",
+    "TokenText",
+    "load_model",
+    "load_soft_prompts",
+    "parse_layers",
+    "wrap_model",
+]

@@ -55,13 +55,23 @@ def default_chunk_rows(model: LoadedModel) -> int:
     return 1024 if model.device.type == "cuda" else 512
 
 
+def full_cache(model: LoadedModel, capacity: int = 0) -> DynamicCache:
+    """A cache that keeps every position in every layer, also where the model slides a window: lens contexts are
+    short, the window's masking still comes from the config, and sliding layers that drop positions would give the
+    layers different lengths (wrong positions and masks). With `capacity` (total positions) layers write into
+    preallocated buffers (inference only)."""
+    cache = DynamicCache(config=model.hf.config)
+    cache.layers = [PreallocatedLayer(capacity) if capacity else DynamicLayer() for _ in cache.layers]
+    return cache
+
+
 def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> KeysValues:
     """Keys/values of positions 0..P-2 of each context ([G, P, d]) for every block: list of ([G,...], [G,...]).
 
     Differentiable outside inference mode, so training shares it with the engine."""
     if contexts.shape[1] == 1:
         return []
-    cache = DynamicCache(config=model.hf.config)
+    cache = full_cache(model)
     model.hf(inputs_embeds=contexts[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -123,15 +133,13 @@ def rows_cache(model: LoadedModel, prefix: KeysValues, rows: torch.Tensor, capac
     """A fresh cache holding, for each row, the prefix keys/values of context `rows[r]` (a forward mutates it).
 
     With `capacity` (total positions, prefix included) plain layers write into preallocated buffers (inference)."""
-    cache = DynamicCache(config=model.hf.config)
-    if capacity:
-        cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache = full_cache(model, capacity)
     for index, (keys, values) in enumerate(prefix):
         cache.update(keys[rows], values[rows], index)
     return cache
 
 
-def _step(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
+def next_token_probs(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
     """One position for every row on top of `past` cached positions; float32 probabilities of the next token."""
     rows = next(iter(inputs.values())).shape[0]
     mask = torch.ones(rows, past + 1, dtype=torch.long, device=model.device)  # prefix + new token, always explicit
@@ -139,74 +147,84 @@ def _step(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Te
     return torch.softmax(out.logits[:, -1].float(), dim=-1)
 
 
-def _decode_chunk(
-    model: LoadedModel,
-    contexts: torch.Tensor,
-    prefix: KeysValues,
-    context_index: torch.Tensor,
-    layers: torch.Tensor,
-    states: torch.Tensor,
-    n_future: int,
-    top_k: int,
-) -> CellPredictions:
-    prompt_len = contexts.shape[1]
-    cache = rows_cache(model, prefix, context_index, capacity=prompt_len + n_future - 1)
-    last_embeds = contexts[context_index, -1:]
-    with patch_block_outputs(model.adapter, layers, states):
-        probs = _step(model, cache, prompt_len - 1, inputs_embeds=last_embeds)
-    topk_probs, topk_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    token_probs, token_ids = [], []
-    for step in range(n_future):
+def greedy_continuation(
+    model: LoadedModel, cache: DynamicCache, length: int, probs: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens [R, steps] and their probabilities, starting from `probs` [R, V] (the next-token distribution
+    after `length` cached positions) and feeding each chosen token back through the cached model.
+
+    Ties go to the lowest id (`max`, as the naive reference; `topk`'s order on ties is unspecified)."""
+    token_ids, token_probs = [], []
+    for step in range(steps):
         if step:
-            probs = _step(model, cache, prompt_len - 1 + step, input_ids=token_ids[-1][:, None])
-        best_probs, best_ids = probs.max(dim=-1)  # ties go to the lowest id, as in the reference (topk's order is not)
+            probs = next_token_probs(model, cache, length + step - 1, input_ids=token_ids[-1][:, None])
+        best_probs, best_ids = probs.max(dim=-1)
         token_probs.append(best_probs)
         token_ids.append(best_ids)
-    return CellPredictions(torch.stack(token_ids, 1), torch.stack(token_probs, 1), topk_ids, topk_probs)
+    return torch.stack(token_ids, 1), torch.stack(token_probs, 1)
+
+
+@dataclass
+class PatchedCells:
+    """C cells to decode: cell c patches `states[c]` at block `layers[c]` into `contexts[context_index[c]]`."""
+
+    contexts: Sequence[torch.Tensor]  # target contexts, [P_i, d] input embeddings each
+    context_index: torch.Tensor  # [C] long
+    layers: torch.Tensor  # [C] long
+    states: torch.Tensor  # [C, d]
+
+
+def _decode_chunk(
+    model: LoadedModel, contexts: torch.Tensor, prefix: KeysValues, cells: PatchedCells, n_future: int, top_k: int
+) -> CellPredictions:
+    """One chunk of cells whose contexts are the equal-length `contexts` [G, P, d] (indexed by `cells`)."""
+    prompt_len = contexts.shape[1]
+    cache = rows_cache(model, prefix, cells.context_index, capacity=prompt_len + n_future - 1)
+    last_embeds = contexts[cells.context_index, -1:]
+    with patch_block_outputs(model.adapter, cells.layers, cells.states):
+        probs = next_token_probs(model, cache, prompt_len - 1, inputs_embeds=last_embeds)
+    topk_probs, topk_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    token_ids, token_probs = greedy_continuation(model, cache, prompt_len, probs, n_future)
+    return CellPredictions(token_ids, token_probs, topk_ids, topk_probs)
 
 
 @torch.inference_mode()
 def decode_patched(
     model: LoadedModel,
-    contexts: Sequence[torch.Tensor],
-    context_index: torch.Tensor,
-    layers: torch.Tensor,
-    states: torch.Tensor,
+    cells: PatchedCells,
+    *,
     n_future: int,
     top_k: int = 5,
     chunk_rows: int | None = None,
     prefixes: tuple[PrefixStore, Sequence[Hashable]] | None = None,
 ) -> CellPredictions:
-    """Decode C cells: cell c patches `states[c]` at block `layers[c]` into `contexts[context_index[c]]` ([P, d]).
+    """Decode `cells`: N greedy tokens each, plus the top-k of the first; predictions in the cells' order.
 
     Contexts of equal length are prefilled together (or taken from `prefixes`: a store and each context's key);
     cells are then run in chunks of `chunk_rows` rows, each chunk one patched forward plus N-1 cached decode steps.
-    Returns predictions in the cells' order.
     """
     if n_future < 1:
         raise ValueError("n_future must be at least 1")
     chunk_rows = chunk_rows or default_chunk_rows(model)
     device, dtype = model.device, model.dtype
-    context_index, layers = context_index.to(device), layers.to(device)
-    states = states.to(device, dtype)
+    context_index, layers = cells.context_index.to(device), cells.layers.to(device)
+    states = cells.states.to(device, dtype)
+    contexts = cells.contexts
     parts, order = [], []
     for length in distinct([len(c) for c in contexts]):
         members = [i for i, c in enumerate(contexts) if len(c) == length]
         group = torch.stack([contexts[i] for i in members]).to(device, dtype)
         remap = torch.full((len(contexts),), -1, dtype=torch.long, device=device)
         remap[torch.tensor(members, device=device)] = torch.arange(len(members), device=device)
-        cells = torch.nonzero(remap[context_index] >= 0).squeeze(1)
+        in_group = torch.nonzero(remap[context_index] >= 0).squeeze(1)
         if prefixes is None:
             prefix = prefix_keys_values(model, group)
         else:
             store, keys = prefixes
             prefix = store.stacked([keys[i] for i in members], [contexts[i] for i in members])
-        for chunk in cells.split(chunk_rows):
-            parts.append(
-                _decode_chunk(
-                    model, group, prefix, remap[context_index[chunk]], layers[chunk], states[chunk], n_future, top_k
-                )
-            )
+        for chunk in in_group.split(chunk_rows):
+            chunk_cells = PatchedCells(group, remap[context_index[chunk]], layers[chunk], states[chunk])
+            parts.append(_decode_chunk(model, group, prefix, chunk_cells, n_future, top_k))
             order.append(chunk)
     inverse = torch.empty_like(torch.cat(order))
     inverse[torch.cat(order)] = torch.arange(len(inverse), device=device)

@@ -1,27 +1,32 @@
 """The grid: tokens x layers, each cell what the lens reads from that hidden state; and its JSON schema.
 
-Schema `future-lens.grid/1` is documented in docs/grid-format.md. Building is pure computation (no web code).
+Schema `future-lens.grid/2` is documented in docs/grid-format.md. Building is pure computation (no web code).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.lens.engine import CellPredictions
-from app.lens.lenses import Lens
 from app.lens.models import LoadedModel
 from app.lens.source import SourcePass, run_source_pass, tokenize
+from app.lens.tokens import TokenRenderer
 
-SCHEMA = "future-lens.grid/1"
+if TYPE_CHECKING:  # lenses build grids through this module (`Lens.grid`); no import cycle at run time
+    from app.lens.lenses import Lens
+
+SCHEMA = "future-lens.grid/2"
 
 
 class TokenText(BaseModel):
     id: int
-    text: str
+    text: str = Field(description="the characters the token contributes; stray bytes of a split character as \\xhh")
+    piece: str | None = Field(default=None, description="the raw vocabulary piece (absent in grid/1 documents)")
 
 
 class TokenProb(TokenText):
@@ -76,19 +81,23 @@ def model_info(model: LoadedModel) -> ModelInfo:
 
 
 class _TokenTexts:
-    """Decodes token ids once each."""
+    """Renders token ids (text and raw piece, once per id) from their vocabulary pieces: see app/lens/tokens.py."""
 
     def __init__(self, model: LoadedModel):
-        self.tokenizer = model.tokenizer
-        self.cache: dict[int, str] = {}
+        self.render = TokenRenderer(model.tokenizer)
 
     def __call__(self, token_id: int) -> str:
-        if token_id not in self.cache:
-            self.cache[token_id] = self.tokenizer.decode([token_id])
-        return self.cache[token_id]
+        return self.render(token_id).text
+
+    def token(self, token_id: int) -> TokenText:
+        rendered = self.render(token_id)
+        return TokenText(id=token_id, text=rendered.text, piece=rendered.piece)
 
     def probs(self, ids: list[int], probs: list[float]) -> list[TokenProb]:
-        return [TokenProb(id=i, text=self(i), prob=p) for i, p in zip(ids, probs, strict=True)]
+        rendered = [self.render(i) for i in ids]
+        return [
+            TokenProb(id=i, text=r.text, piece=r.piece, prob=p) for i, r, p in zip(ids, rendered, probs, strict=True)
+        ]
 
 
 def _cells_for(source: SourcePass, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +139,7 @@ def _assemble(
         method=lens.method,
         n_future=n_future,
         top_k=top_k,
-        tokens=[TokenText(id=i, text=texts(i)) for i in source.token_ids],
+        tokens=[texts.token(i) for i in source.token_ids],
         layers=layers,
         context_prefix=source.context_prefix,
         next_tokens=texts.probs(source.next_token_ids.tolist(), source.next_token_probs.tolist()),
@@ -140,11 +149,10 @@ def _assemble(
     )
 
 
-def compute_grids(
-    model: LoadedModel, lens: Lens, texts: Sequence[str], layers: list[int], n_future: int, top_k: int = 5
-) -> list[Grid]:
-    """Grids for several texts; the cells of all texts go through the lens together, in one batched call."""
-    n_future = lens.effective_future(n_future)
+def compute_grids(lens: Lens, texts: Sequence[str], layers: list[int], n_future: int, top_k: int) -> list[Grid]:
+    """Grids for several texts (`layers` resolved, `n_future` already capped by the lens): one source pass per
+    text, then the cells of all texts through the lens together. Public entry point: `Lens.grid`/`Lens.grids`."""
+    model = lens.model
     started = time.perf_counter()
     sources = [run_source_pass(model, tokenize(model, text)) for text in texts]
     source_ms = (time.perf_counter() - started) * 1000
@@ -162,8 +170,3 @@ def compute_grids(
     for grid in grids:
         grid.timings_ms["total"] = total_ms / len(texts)
     return grids
-
-
-def compute_grid(model: LoadedModel, lens: Lens, text: str, layers: list[int], n_future: int, top_k: int = 5) -> Grid:
-    """The grid of one text."""
-    return compute_grids(model, lens, [text], layers, n_future, top_k)[0]

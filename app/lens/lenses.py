@@ -3,20 +3,48 @@
 A lens maps C cells (a source state and the block it came from) to N predicted tokens each with probabilities,
 plus the top-k alternatives for the first token. `LogitLens` reads the next token directly; the patched-context
 lenses (`FutureLens` with learned soft prompts, `FixedPromptLens` with a text prompt) decode N tokens.
+`Lens.grid(text, ...)` runs the source pass and reads every (layer, token) cell of a text: the public entry point.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 
-from app.lens.engine import CellPredictions, PrefixStore, decode_patched
+from app.lens.engine import CellPredictions, PatchedCells, PrefixStore, decode_patched
+from app.lens.grid import Grid, compute_grids
+from app.lens.layers import parse_layers
 from app.lens.models import LoadedModel
-from app.lens.prompts import SoftPromptSet
+from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
+from app.lens.source import tokenize
 
 PAPER_FIXED_PROMPT = 'Hello! Could you please tell me more about "'
+
+LayerSelection = str | Sequence[int] | None
+
+
+def prompt_token_ids(model: LoadedModel, prompt: str) -> list[int]:
+    """A text prompt as a target context: the model's context prefix, then the prompt's tokens."""
+    return list(model.context_prefix) + tokenize(model, prompt)
+
+
+@torch.inference_mode()
+def prompt_embeddings(model: LoadedModel, prompt: str) -> torch.Tensor:
+    """`prompt_token_ids` as input embeddings [P, d] on the model's device and dtype."""
+    ids = torch.tensor(prompt_token_ids(model, prompt), device=model.device)
+    return model.adapter.embed_tokens(ids)
+
+
+@torch.inference_mode()
+def logit_lens_topk(model: LoadedModel, hidden: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final norm + unembedding of block outputs `hidden` [..., d]: the top-k next-token probabilities and ids."""
+    hidden = hidden.to(model.device, model.dtype)
+    probs = torch.softmax(model.adapter.logits_from_hidden(hidden).float(), dim=-1)
+    return probs.topk(min(top_k, probs.shape[-1]), dim=-1)
 
 
 class Lens(ABC):
@@ -40,6 +68,22 @@ class Lens(ABC):
         """Method-specific facts recorded in the grid (which prompt was used, ...)."""
         return {}
 
+    def identity(self, layers: list[int]) -> dict[str, object]:
+        """Method-specific facts that determine this lens's cells on `layers` (part of a grid's permalink id)."""
+        return {}
+
+    def grid(self, text: str, *, layers: LayerSelection = None, n_future: int = 4, top_k: int = 5) -> Grid:
+        """The grid of `text`: for each chosen block (`"all"`, `"::3"`, `[0, 5]`; None: all) and token, what the
+        hidden state there predicts (N tokens; the logit lens reads 1)."""
+        return self.grids([text], layers=layers, n_future=n_future, top_k=top_k)[0]
+
+    def grids(
+        self, texts: Sequence[str], *, layers: LayerSelection = None, n_future: int = 4, top_k: int = 5
+    ) -> list[Grid]:
+        """Grids of several texts; the cells of all texts go through the lens together, in one batched call."""
+        chosen = parse_layers(layers, self.model.adapter.n_layers)
+        return compute_grids(self, texts, chosen, self.effective_future(n_future), top_k)
+
 
 class LogitLens(Lens):
     """Final norm + unembedding applied to a block's output (nostalgebraist 2020): the next token only."""
@@ -47,11 +91,8 @@ class LogitLens(Lens):
     method = "logit"
     max_future = 1
 
-    @torch.inference_mode()
     def predict(self, states: torch.Tensor, layers: torch.Tensor, n_future: int, top_k: int) -> CellPredictions:
-        hidden = states.to(self.model.device, self.model.dtype)
-        probs = torch.softmax(self.model.adapter.logits_from_hidden(hidden).float(), dim=-1)
-        topk_probs, topk_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        topk_probs, topk_ids = logit_lens_topk(self.model, states, top_k)
         return CellPredictions(topk_ids[:, :1], topk_probs[:, :1], topk_ids, topk_probs).cpu()
 
 
@@ -81,19 +122,29 @@ class PatchedContextLens(Lens):
                 keys[key] = len(contexts)
                 contexts.append(self.context_embeddings(layer))
             index.append(keys[key])
-        prefixes = (self.prefixes, list(keys))
+        cells = PatchedCells(contexts, torch.tensor(index), layers, states)
         return decode_patched(
-            self.model, contexts, torch.tensor(index), layers, states, n_future, top_k, self.chunk_rows, prefixes
+            self.model,
+            cells,
+            n_future=n_future,
+            top_k=top_k,
+            chunk_rows=self.chunk_rows,
+            prefixes=(self.prefixes, list(keys)),
         )
 
 
 class FutureLens(PatchedContextLens):
-    """The paper's learned soft prompt, one per layer (nearest trained layer where a layer has none)."""
+    """The paper's learned soft prompt, one per layer (nearest trained layer where a layer has none).
+
+    `prompts`: a loaded set, a folder of prompt artifacts, or None for the model's shipped prompts
+    (`checkpoints/<model id>`); artifacts trained for other weights are refused (`PromptArtifactError`)."""
 
     method = "future"
 
-    def __init__(self, model: LoadedModel, prompts: SoftPromptSet, chunk_rows: int | None = None):
+    def __init__(self, model: LoadedModel, prompts: SoftPromptSet | Path | None = None, chunk_rows: int | None = None):
         super().__init__(model, chunk_rows)
+        if not isinstance(prompts, SoftPromptSet):
+            prompts = load_soft_prompts(Path(prompts) if prompts else default_prompt_dir(model.id), model)
         self.prompts = prompts
 
     def context_key(self, layer: int) -> object:
@@ -105,6 +156,10 @@ class FutureLens(PatchedContextLens):
     def describe(self, layers: list[int]) -> dict[str, object]:
         return {"prompt_layers": [self.prompts.source_layer(layer) for layer in layers]}
 
+    def identity(self, layers: list[int]) -> dict[str, object]:
+        used = sorted({self.prompts.source_layer(layer) for layer in layers})
+        return {"prompt_hashes": {str(layer): self.prompts.hash_of(layer) for layer in used}}
+
 
 class FixedPromptLens(PatchedContextLens):
     """A hand-written text prompt as the target context (the paper's baseline), patched at its last token."""
@@ -114,12 +169,9 @@ class FixedPromptLens(PatchedContextLens):
     def __init__(self, model: LoadedModel, prompt: str = PAPER_FIXED_PROMPT, chunk_rows: int | None = None):
         super().__init__(model, chunk_rows)
         self.prompt = prompt
-        self.prompt_ids = list(model.context_prefix) + list(model.tokenizer(prompt, add_special_tokens=False).input_ids)
-        if len(self.prompt_ids) == 0:
+        if not prompt_token_ids(model, prompt):
             raise ValueError("prompt is empty: it has no tokens")
-        with torch.inference_mode():
-            ids = torch.tensor(self.prompt_ids, device=model.device)
-            self._embeddings = model.adapter.embed_tokens(ids)
+        self._embeddings = prompt_embeddings(model, prompt)
 
     def context_key(self, layer: int) -> object:
         return 0
@@ -128,4 +180,7 @@ class FixedPromptLens(PatchedContextLens):
         return self._embeddings
 
     def describe(self, layers: list[int]) -> dict[str, object]:
+        return {"prompt": self.prompt}
+
+    def identity(self, layers: list[int]) -> dict[str, object]:
         return {"prompt": self.prompt}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from app.atomic import atomic_write_text
 from app.lens.architectures import ModelAdapter
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,6 +68,7 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+PAPER_MODEL = "gpt-j-6b"  # the Future Lens paper's model, whose released prompts `import-prompt` reads
 
 
 def cache_root() -> Path:
@@ -101,7 +104,7 @@ class LoadedModel:
     def nnsight(self):
         """The same weights wrapped for nnsight tracing (built once, on first use)."""
         if self._nnsight is None:
-            from nnsight.modeling.transformers import TransformersModel
+            from app.lens.tracing import TransformersModel  # imported on first use: loading needs no nnsight
 
             padding_side = self.tokenizer.padding_side
             self._nnsight = TransformersModel(self.hf, tokenizer=self.tokenizer)
@@ -109,17 +112,46 @@ class LoadedModel:
         return self._nnsight
 
 
-def weights_fingerprint(adapter: ModelAdapter) -> str:
-    """sha256 over the (un)embedding weights rounded to bfloat16, so it is the same whatever dtype was loaded."""
-    digest = hashlib.sha256()
-    tensors = [adapter.unembed.weight]
-    if adapter.embed.weight.data_ptr() != adapter.unembed.weight.data_ptr():
-        tensors.append(adapter.embed.weight)
-    for tensor in tensors:
-        rounded = tensor.detach().to("cpu", torch.bfloat16).contiguous()
-        digest.update(str(tuple(rounded.shape)).encode())
+FINGERPRINT_SCHEME = "params-bf16+tokenizer/2"
+
+
+def _tokenizer_definition(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Everything that decides how text becomes ids: the fast tokenizer's full JSON, else the vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.to_str()
+    return json.dumps(tokenizer.get_vocab(), sort_keys=True)
+
+
+def weights_fingerprint(hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 over every parameter (by name, rounded to bfloat16, so it is the same whatever dtype was loaded) and
+    the tokenizer's definition: artifacts, reports and permalinks bound to it never meet other weights."""
+    digest = hashlib.sha256(FINGERPRINT_SCHEME.encode())
+    for name, parameter in hf.named_parameters():  # tied weights appear once
+        rounded = parameter.detach().to(torch.bfloat16).cpu().contiguous()
+        digest.update(f"{name}|{tuple(rounded.shape)}".encode())
         digest.update(rounded.view(torch.int16).numpy().tobytes())
+    digest.update(_tokenizer_definition(tokenizer).encode())
     return digest.hexdigest()[:16]
+
+
+def _files_signature(directory: Path) -> str:
+    """Names, sizes and modification times of a model folder's files: changes whenever a weight file does."""
+    entries = sorted(
+        (path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in directory.iterdir() if path.is_file()
+    )
+    raw = json.dumps([FINGERPRINT_SCHEME, str(directory.resolve()), entries])
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def cached_fingerprint(directory: Path, hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+    """`weights_fingerprint`, remembered per model folder state (hashing GPT-J's 6B parameters takes a while)."""
+    record = cache_root() / "fingerprints" / f"{_files_signature(directory)}.txt"
+    if record.is_file():
+        return record.read_text().strip()
+    fingerprint = weights_fingerprint(hf, tokenizer)
+    atomic_write_text(record, fingerprint + "\n")
+    return fingerprint
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -243,21 +275,27 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         hf = AutoModelForCausalLM.from_pretrained(
             directory, dtype=torch_dtype, local_files_only=True, use_safetensors=True, trust_remote_code=False
         )
-    return wrap_model(model_id, hf.to(torch_device), tokenizer, entry)
+    fingerprint = cached_fingerprint(directory, hf, tokenizer)
+    return wrap_model(model_id, hf.to(torch_device), tokenizer, entry, fingerprint)
 
 
 def wrap_model(
-    model_id: str, hf: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, entry: CatalogEntry | None = None
+    model_id: str,
+    hf: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    entry: CatalogEntry | None = None,
+    fingerprint: str | None = None,
 ) -> LoadedModel:
-    """Freeze an already-built HF model and attach what the lenses need (used by tests with tiny models too)."""
+    """Freeze an already-built HF model and attach what the lenses need (used by tests with tiny models too).
+
+    `fingerprint`: when already known for these weights (`load_model` caches it), else computed here."""
     hf.eval().requires_grad_(False)
-    adapter = ModelAdapter(hf)
     return LoadedModel(
         id=model_id,
         hf=hf,
         tokenizer=tokenizer,
-        adapter=adapter,
-        fingerprint=weights_fingerprint(adapter),
+        adapter=ModelAdapter(hf),
+        fingerprint=fingerprint or weights_fingerprint(hf, tokenizer),
         context_prefix=context_prefix_ids(tokenizer, entry),
     )
 

@@ -7,9 +7,9 @@ Layout: `<dir>/layer_{l:02d}.safetensors` holds tensor `soft_prompt` (float32, [
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from app.atomic import atomic_path, atomic_write_json
 from app.lens.models import LoadedModel
 
 MANIFEST_SCHEMA = "future-lens.prompts/1"
@@ -41,13 +42,22 @@ def layer_file(layer: int) -> str:
     return f"layer_{layer:02d}.safetensors"
 
 
+def tensor_hash(tensor: torch.Tensor) -> str:
+    """sha256 (16 hex digits) over a tensor's shape, dtype and bytes."""
+    data = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{tuple(data.shape)}|{data.dtype}".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class SoftPromptSet:
     """The trained prompts of one model, by layer; layers without one borrow the nearest trained layer's."""
 
-    directory: Path
+    directory: Path | None
     prompts: dict[int, torch.Tensor]
     metadata: dict[int, dict[str, str]] = field(default_factory=dict)
+    _hashes: dict[int, str] = field(default_factory=dict, repr=False)
 
     def source_layer(self, layer: int) -> int:
         """The trained layer used for `layer`: itself, else the nearest (the lower one on a tie)."""
@@ -56,13 +66,11 @@ class SoftPromptSet:
     def for_layer(self, layer: int) -> torch.Tensor:
         return self.prompts[self.source_layer(layer)]
 
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=".manifest-")
-    with os.fdopen(handle, "w") as out:
-        json.dump(payload, out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.replace(staging, path)
+    def hash_of(self, layer: int) -> str:
+        """`tensor_hash` of trained layer `layer`'s prompt (computed once)."""
+        if layer not in self._hashes:
+            self._hashes[layer] = tensor_hash(self.prompts[layer])
+        return self._hashes[layer]
 
 
 def read_manifest(directory: Path) -> dict:
@@ -92,10 +100,8 @@ def save_soft_prompt(
         **{key: str(value) for key, value in (metadata or {}).items()},
     }
     path = directory / layer_file(layer)
-    handle, staging = tempfile.mkstemp(dir=directory, prefix=".layer-")
-    os.close(handle)
-    save_file({PROMPT_TENSOR: tensor}, staging, metadata=meta)
-    os.replace(staging, path)
+    with atomic_path(path) as staging:
+        save_file({PROMPT_TENSOR: tensor}, str(staging), metadata=meta)
     manifest = read_manifest(directory) or {"schema": MANIFEST_SCHEMA, "layers": {}}
     manifest.update(
         model_id=model.id, model_fingerprint=model.fingerprint, d_model=model.adapter.d_model, prompt_len=len(tensor)
@@ -104,7 +110,7 @@ def save_soft_prompt(
     if metrics is not None:
         entry["metrics"] = metrics
     manifest["layers"][str(layer)] = {**manifest["layers"].get(str(layer), {}), **entry}
-    _write_json_atomic(directory / "manifest.json", manifest)
+    atomic_write_json(directory / "manifest.json", manifest, indent=2, sort_keys=True)
     return path
 
 

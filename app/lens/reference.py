@@ -12,6 +12,7 @@ import torch
 from app.lens.architectures import block_output_tensor
 from app.lens.engine import CellPredictions
 from app.lens.models import LoadedModel
+from app.lens.tracing import save
 
 
 @torch.inference_mode()
@@ -27,7 +28,7 @@ def naive_cell(
     for _ in range(n_future):
         with envoy.trace(inputs_embeds=embeds):
             block_output_tensor(blocks[layer].output)[0, patch_at] = state.to(model.device, model.dtype)
-            logits = envoy.output.logits.save()
+            logits = save(envoy.output.logits)
         probs = torch.softmax(logits[0, -1].float(), dim=-1)
         if first is None:
             first = probs

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import nnsight
 import torch
 
 from app.lens.architectures import block_output_tensor
 from app.lens.models import LoadedModel
+from app.lens.tracing import save
 
 
 class EmptyTextError(ValueError):
@@ -30,9 +30,15 @@ class SourcePass:
     next_token_probs: torch.Tensor  # [n_tokens]
 
 
+def normalize_text(text: str) -> str:
+    """The one text normalisation: `\\r\\n` (how browsers submit a textarea's line breaks) becomes `\\n`, so form,
+    API and CLI give the same tokens and permalink for the same text. A lone `\\r` is kept: it is a real character."""
+    return text.replace("\r\n", "\n")
+
+
 def tokenize(model: LoadedModel, text: str) -> list[int]:
     """The text's token ids without special tokens (the context prefix is added by the source pass)."""
-    return list(model.tokenizer(text, add_special_tokens=False).input_ids)
+    return list(model.tokenizer(normalize_text(text), add_special_tokens=False).input_ids)
 
 
 def run_source_pass(model: LoadedModel, token_ids: list[int]) -> SourcePass:
@@ -44,8 +50,8 @@ def run_source_pass(model: LoadedModel, token_ids: list[int]) -> SourcePass:
     envoy = model.nnsight
     blocks = model.adapter.locate_blocks(envoy)
     with torch.inference_mode(), envoy.trace(ids):
-        outputs = nnsight.save([block_output_tensor(blocks[i].output) for i in range(model.adapter.n_layers)])
-        logits = envoy.output.logits.save()
+        outputs = save([block_output_tensor(blocks[i].output) for i in range(model.adapter.n_layers)])
+        logits = save(envoy.output.logits)
     start = len(prefix)
     hidden = torch.stack([out[0, start:] for out in outputs])
     probs = torch.softmax(logits[0, start:].float(), dim=-1)

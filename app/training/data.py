@@ -1,5 +1,7 @@
 """Training/eval data: cut corpus documents into prefixes and record what the model itself does after each one.
 
+A prefix is a window of a document, of a length drawn uniformly from 1..`max_context` (the grid's longest text),
+preceded by the context prefix: so examples sit at every position a grid column can have, the early ones included.
 For every example we keep the context tokens, every block's output at the last context token (the source states),
 the model's greedy continuation of `TEACHER_LEN` tokens (the teacher) and the final block's output at each of the
 future positions (so the original next-token distributions are recomputed exactly with `logits_from_hidden`).
@@ -12,9 +14,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,12 +23,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from app.lens.architectures import block_output_tensor
+from app.atomic import atomic_path
+from app.config import get_limits
+from app.lens.engine import greedy_continuation
+from app.lens.interventions import capture_block_outputs
 from app.lens.models import LoadedModel
 
 TEACHER_LEN = 4
-LENGTH_STEP = 8
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pile-sample.jsonl"
 REPO_DATA_CACHE = Path(__file__).resolve().parents[2] / "data-cache"
 DATA_SCHEMA = "future-lens.data/1"
 
@@ -40,11 +41,11 @@ class DataConfig:
     corpus: str
     seed: int = 0
     dev_fraction: float = 0.2
-    cuts_per_doc: int = 8
-    min_context: int = 16
-    max_context: int = 32
-    max_train: int = 1600
-    max_dev: int = 320
+    cuts_per_doc: int = 32
+    min_context: int = 1
+    max_context: int = field(default_factory=lambda: get_limits().max_text_tokens)  # the grid's longest text
+    max_train: int = 12_000
+    max_dev: int = 960
 
     def key(self, model: LoadedModel) -> str:
         raw = json.dumps({**self.__dict__, "model": model.fingerprint, "prefix": model.context_prefix}, sort_keys=True)
@@ -104,11 +105,11 @@ def split_documents(n_docs: int, dev_fraction: float, seed: int) -> tuple[list[i
 
 
 def cut_prefixes(token_lists: list[list[int]], config: DataConfig, seed: int, limit: int) -> list[list[int]]:
-    """Up to `cuts_per_doc` random windows per document, shuffled; lengths step by 8 so batches share a length."""
+    """Up to `cuts_per_doc` random windows per document, shuffled; each length uniform in min..max_context."""
     rng = random.Random(seed)
     prefixes = []
     for tokens in token_lists:
-        lengths = [n for n in range(config.min_context, config.max_context + 1, LENGTH_STEP) if n <= len(tokens)]
+        lengths = [n for n in range(config.min_context, config.max_context + 1) if n <= len(tokens)]
         if not lengths:
             continue
         for _ in range(config.cuts_per_doc):
@@ -119,42 +120,20 @@ def cut_prefixes(token_lists: list[list[int]], config: DataConfig, seed: int, li
     return prefixes[:limit]
 
 
-@contextmanager
-def capture_block_outputs(model: LoadedModel) -> Iterator[list[torch.Tensor]]:
-    """While active, each forward appends every block's output at the last position to the yielded list."""
-    captured: list[torch.Tensor] = []
-    handles = [
-        block.register_forward_hook(lambda _m, _i, out: captured.append(block_output_tensor(out)[:, -1].detach()))
-        for block in model.adapter.blocks
-    ]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @torch.inference_mode()
 def teacher_batch(model: LoadedModel, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For equal-length contexts [B, T]: source states [B, L, d], greedy teacher [B, 4], final states [B, 4, d]."""
     prefix = torch.tensor(model.context_prefix, dtype=torch.long).expand(len(contexts), -1)
     ids = torch.cat([prefix, contexts], dim=1).to(model.device)
     cache = DynamicCache(config=model.hf.config)
-    teacher, finals = [], []
-    with capture_block_outputs(model) as captured:
+    n_layers = model.adapter.n_layers
+    with capture_block_outputs(model.adapter) as captured:  # every block's output, one forward after another
         out = model.hf(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        states = torch.stack(captured, dim=1).float()
-        for step in range(TEACHER_LEN):
-            finals.append(captured[-1].float())
-            teacher.append(out.logits[:, -1].argmax(-1))
-            if step + 1 == TEACHER_LEN:
-                break
-            captured.clear()
-            mask = torch.ones(len(ids), ids.shape[1] + step + 1, dtype=torch.long, device=model.device)
-            out = model.hf(
-                input_ids=teacher[-1][:, None], attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1
-            )
-    return states.cpu(), torch.stack(teacher, 1).cpu(), torch.stack(finals, 1).cpu()
+        probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
+        teacher, _ = greedy_continuation(model, cache, ids.shape[1], probs, TEACHER_LEN)
+    states = torch.stack(captured[:n_layers], dim=1).float()
+    finals = torch.stack(captured[n_layers - 1 :: n_layers], dim=1).float()  # last block, at each forward
+    return states.cpu(), teacher.cpu(), finals.cpu()
 
 
 def build_examples(model: LoadedModel, prefixes: list[list[int]], max_context: int, batch: int, desc: str) -> Examples:
@@ -187,10 +166,8 @@ def save_dataset(path: Path, dataset: Dataset) -> None:
         for split in ("train", "dev")
         for name in Examples.__dataclass_fields__
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".partial")
-    save_file(tensors, str(staging), metadata={"meta": json.dumps(dataset.meta)})
-    staging.replace(path)
+    with atomic_path(path) as staging:
+        save_file(tensors, str(staging), metadata={"meta": json.dumps(dataset.meta)})
 
 
 def load_dataset(path: Path) -> Dataset:

@@ -6,13 +6,13 @@ vocabulary probe. The headline compares each method at its own best layer per N.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from app.lens.lenses import PAPER_FIXED_PROMPT
+from app.atomic import atomic_write_json
+from app.lens.lenses import PAPER_FIXED_PROMPT, prompt_embeddings
 from app.lens.models import LoadedModel
 from app.lens.prompts import SoftPromptSet, read_manifest, save_soft_prompt
 from app.training.baselines import bigram_table, bigram_topk, linear_baselines, logit_lens_topk
@@ -21,13 +21,6 @@ from app.training.metrics import original_log_probs_table, patched_topk, score
 
 METHODS = ["learned_prompt", "fixed_prompt", "logit_lens", "bigram", "linear_model", "linear_vocab"]
 OFFSETS = [0, 1, 2, 3]
-
-
-def fixed_prompt_embeddings(model: LoadedModel, text: str = PAPER_FIXED_PROMPT) -> torch.Tensor:
-    """The fixed prompt as input embeddings [P, d], the context prefix first (as the fixed lens runs it)."""
-    ids = list(model.context_prefix) + model.tokenizer(text, add_special_tokens=False).input_ids
-    with torch.inference_mode():
-        return model.adapter.embed_tokens(torch.tensor(ids, device=model.device)).float().cpu()
 
 
 def best_layers(per_layer: dict[str, dict]) -> dict[str, dict]:
@@ -91,7 +84,7 @@ def evaluate(
         record("learned_prompt", patched_topk(model, contexts, dev), OFFSETS, started)
     if "fixed_prompt" in wanted:
         started = time.monotonic()
-        fixed = fixed_prompt_embeddings(model)
+        fixed = prompt_embeddings(model, PAPER_FIXED_PROMPT).float().cpu()
         record("fixed_prompt", patched_topk(model, dict.fromkeys(layers, fixed), dev), OFFSETS, started)
     if "logit_lens" in wanted:
         started = time.monotonic()
@@ -147,9 +140,8 @@ def update_manifest_metrics(model: LoadedModel, prompts: SoftPromptSet, report: 
 
 
 def write_report(report: dict, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "eval.json"
-    path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    atomic_write_json(path, report, indent=1, sort_keys=True)
     return path
 
 

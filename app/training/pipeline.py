@@ -1,18 +1,31 @@
-"""What `future-lens train` / `future-lens eval` do: resolve options, load model and data, run, write outputs."""
+"""What `future-lens train` / `future-lens eval` do: resolve options, load model and data, run, write outputs.
+
+`TrainOptions` and `EvalOptions` are the commands' settings as typed objects: the CLI's defaults are read from
+them, and code (tests, notebooks) builds them directly.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from app.lens.layers import LayerSpecError, parse_layers
-from app.lens.models import LoadedModel, ModelNotAvailableError, load_model
-from app.lens.prompts import PromptArtifactError, default_prompt_dir, load_soft_prompts
-from app.training.data import DEFAULT_CORPUS, DataConfig, Dataset, data_cache_root, prepare_dataset
+from app.atomic import atomic_write_json, atomic_write_text
+from app.lens import (
+    DEFAULT_MODEL,
+    LayerSpecError,
+    LoadedModel,
+    ModelNotAvailableError,
+    PromptArtifactError,
+    load_model,
+    load_soft_prompts,
+    parse_layers,
+)
+from app.lens.prompts import default_prompt_dir
+from app.training.data import DataConfig, Dataset, data_cache_root, prepare_dataset
 from app.training.evaluate import (
     METHODS,
     evaluate,
@@ -34,18 +47,69 @@ from app.training.train import TrainConfig, resume_key, train_prompts
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
+#: Where this workspace keeps its corpus and the paper's reference values (relative to the working directory).
+WORKSPACE_CORPUS = Path("../shared/data/pile-sample.jsonl")
+WORKSPACE_PAPER_REFERENCE = Path("../shared/reference/paper-figure4.json")
+
+
 class PipelineError(ValueError):
     """Bad input to train/eval (named option), or a missing model/corpus/prompts."""
 
 
-def data_config(corpus: Path | None, seed: int, limit: int | None) -> DataConfig:
-    """The dataset recipe; `limit` caps both splits (and so gets its own cache entry)."""
-    path = corpus or DEFAULT_CORPUS
+@dataclass(frozen=True)
+class RunOptions:
+    """What train and eval share: which model and layers, the data, where outputs go, device and dtype."""
+
+    model: str = DEFAULT_MODEL
+    layers: str = "all"
+    seed: int = 0
+    corpus: Path = WORKSPACE_CORPUS
+    train_pool: int = DataConfig.max_train
+    dev_pool: int = DataConfig.max_dev
+    limit: int | None = None
+    prompt_dir: Path | None = None
+    report_dir: Path | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def reports(self, model: LoadedModel) -> Path:
+        return self.report_dir or REPORTS / model.id
+
+    def prompts(self, model: LoadedModel) -> Path:
+        return self.prompt_dir or default_prompt_dir(model.id)
+
+
+@dataclass(frozen=True)
+class TrainOptions(RunOptions):
+    """`future-lens train`: the soft-prompt budget and objective (paper: 10k examples, batch 8, lr 5e-4, N=1)."""
+
+    examples: int = 10_000
+    batch: int = 8
+    lr: float = 5e-4
+    targets: str = "1"
+    init: str = "fixed"
+
+
+@dataclass(frozen=True)
+class EvalOptions(RunOptions):
+    """`future-lens eval`: which methods, on how many dev examples, and the paper's curve for the plot."""
+
+    probe_epochs: int = 2
+    dev_examples: int | None = None
+    methods: str | None = None
+    paper_reference: Path | None = WORKSPACE_PAPER_REFERENCE
+
+
+def data_config(options: RunOptions) -> DataConfig:
+    """The dataset recipe: train/dev pools of examples, both capped by `limit` (each its own cache entry)."""
+    path, seed, limit = Path(options.corpus), options.seed, options.limit
     if not path.exists():
         raise PipelineError(f"--corpus: {path} does not exist (give a JSONL/.txt corpus)")
     if limit is not None and limit < 1:
         raise PipelineError("--limit must be at least 1")
-    config = DataConfig(corpus=str(path.resolve()), seed=seed)
+    if options.train_pool < 1 or options.dev_pool < 1:
+        raise PipelineError("--train-pool and --dev-pool must be at least 1")
+    config = DataConfig(corpus=str(path.resolve()), seed=seed, max_train=options.train_pool, max_dev=options.dev_pool)
     if limit is not None:
         config = DataConfig(**{**asdict(config), "max_train": limit, "max_dev": limit})
     return config
@@ -99,88 +163,67 @@ def run_directory(model: LoadedModel, data: DataConfig, config: TrainConfig) -> 
     return data_cache_root() / "runs" / f"{model.id}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
-def run_train(
-    model_name: str,
-    layers: str,
-    examples: int,
-    batch: int,
-    lr: float,
-    targets: str,
-    init: str,
-    seed: int,
-    corpus: Path | None,
-    limit: int | None,
-    prompt_dir: Path | None,
-    report_dir: Path | None,
-    device: str,
-    dtype: str,
-) -> Path:
+def run_train(options: TrainOptions) -> Path:
     """Train prompts for the chosen layers; returns the prompt folder."""
-    if examples < 1 or batch < 1 or lr <= 0:
+    if options.examples < 1 or options.batch < 1 or options.lr <= 0:
         raise PipelineError("--examples, --batch and --lr must be positive")
-    if init not in ("fixed", "normal"):
-        raise PipelineError(f"--init: expected fixed or normal, got {init!r}")
-    offsets = parse_targets(targets)
-    torch.manual_seed(seed)
-    model = load(model_name, device, dtype)
-    chosen = resolve_layers(layers, model)
-    data = data_config(corpus, seed, limit)
+    if options.init not in ("fixed", "normal"):
+        raise PipelineError(f"--init: expected fixed or normal, got {options.init!r}")
+    offsets = parse_targets(options.targets)
+    torch.manual_seed(options.seed)
+    model = load(options.model, options.device, options.dtype)
+    chosen = resolve_layers(options.layers, model)
+    data = data_config(options)
     dataset = load_data(model, data)
-    if limit is not None:
-        examples = min(examples, limit)
-    config = TrainConfig(layers=chosen, examples=examples, batch=batch, lr=lr, targets=offsets, init=init, seed=seed)
+    examples = options.examples if options.limit is None else min(options.examples, options.limit)
+    config = TrainConfig(
+        layers=chosen,
+        examples=examples,
+        batch=options.batch,
+        lr=options.lr,
+        targets=offsets,
+        init=options.init,
+        seed=options.seed,
+    )
     config.curve_dev = min(config.curve_dev, len(dataset.dev))
-    out = prompt_dir or default_prompt_dir(model.id)
+    out = options.prompts(model)
     state = train_prompts(model, dataset, config, run_directory(model, data, config), out)
-    reports = report_dir or REPORTS / model.id
-    reports.mkdir(parents=True, exist_ok=True)
+    reports = options.reports(model)
     curve = {"config": asdict(config), "seconds": round(state.seconds, 1), "points": state.curve}
-    (reports / "learning_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+    atomic_write_json(reports / "learning_curve.json", curve, indent=1)
     render_learning_curve(learning_curve_data(state.curve), reports / "learning_curve")
     return out
 
 
-def run_eval(
-    model_name: str,
-    layers: str,
-    seed: int,
-    corpus: Path | None,
-    limit: int | None,
-    prompt_dir: Path | None,
-    report_dir: Path | None,
-    probe_epochs: int,
-    device: str,
-    dtype: str,
-    dev_examples: int | None = None,
-    methods: str | None = None,
-) -> Path:
+def run_eval(options: EvalOptions) -> Path:
     """Evaluate every method; write eval.json, eval.png/.svg and the learned prompts' dev metrics."""
-    model = load(model_name, device, dtype)
-    chosen = resolve_layers(layers, model)
-    dataset = load_data(model, data_config(corpus, seed, limit))
-    only = parse_methods(methods)
-    directory = prompt_dir or default_prompt_dir(model.id)
+    model = load(options.model, options.device, options.dtype)
+    chosen = resolve_layers(options.layers, model)
+    dataset = load_data(model, data_config(options))
+    only = parse_methods(options.methods)
     prompts = None
     if "learned_prompt" in only:
         try:
-            prompts = load_soft_prompts(directory, model)
+            prompts = load_soft_prompts(options.prompts(model), model)
         except PromptArtifactError as error:
             raise PipelineError(f"--prompt-dir: {error}") from None
-    if dev_examples is not None and dev_examples < 1:
+    if options.dev_examples is not None and options.dev_examples < 1:
         raise PipelineError("--dev-examples must be at least 1")
-    report = evaluate(model, dataset, prompts, chosen, probe_epochs, dev_examples=dev_examples, only=only)
-    reports = report_dir or REPORTS / model.id
+    report = evaluate(
+        model, dataset, prompts, chosen, options.probe_epochs, dev_examples=options.dev_examples, only=only
+    )
+    reports = options.reports(model)
     if (reports / "eval.json").is_file():
         report = merge_reports(json.loads((reports / "eval.json").read_text()), report)
     curve_path = reports / "learning_curve.json"
     if curve_path.is_file():
         report["learning_curve"] = json.loads(curve_path.read_text())
     path = write_report(report, reports)
-    paper = load_paper_reference()
+    paper = load_paper_reference(options.paper_reference)
     render_figure(figure_data(report, paper), reports / "eval")
     table = per_layer_markdown(report)
-    (reports / "eval.md").write_text(
-        headline_markdown(report, paper) + "\nPrecision@1 per layer (N=0/1/2/3):\n\n" + table
+    atomic_write_text(
+        reports / "eval.md", headline_markdown(report, paper) + "\nPrecision@1 per layer (N=0/1/2/3):\n\n" + table
     )
     if prompts is not None:
         update_manifest_metrics(model, prompts, report)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PAPER_REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "paper-figure4.json"
+from app.atomic import atomic_path
+
 LABELS = {
     "learned_prompt": "learned prompt",
     "fixed_prompt": "fixed prompt",
@@ -21,8 +22,9 @@ LABELS = {
 COLORS = {label: f"C{index}" for index, label in enumerate(LABELS.values())}
 
 
-def load_paper_reference(path: Path = PAPER_REFERENCE) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def load_paper_reference(path: Path | None) -> dict | None:
+    """The paper's Figure-4 values (JSON) when `path` names an existing file, else None (plots omit the curve)."""
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def figure_data(report: dict, paper: dict | None = None) -> dict:
@@ -73,10 +75,10 @@ def learning_curve_data(curve: list[dict]) -> dict:
 
 
 def _save(figure, stem: Path) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:
-        figure.savefig(path, dpi=110, bbox_inches="tight")
+        with atomic_path(path) as staging:
+            figure.savefig(staging, dpi=110, bbox_inches="tight")
     return paths
 
 

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from app.lens.lenses import PAPER_FIXED_PROMPT
+from app.atomic import atomic_path, atomic_write_json
+from app.lens.lenses import PAPER_FIXED_PROMPT, prompt_token_ids
 from app.lens.models import LoadedModel
 from app.lens.prompts import save_soft_prompt
 from app.training.data import Dataset, Examples
@@ -56,7 +57,7 @@ def init_prompts(model: LoadedModel, n: int, prompt_len: int, init: str, seed: i
         return torch.randn(n, prompt_len, d, generator=generator) * 0.02
     if init != "fixed":
         raise ValueError(f"init must be 'fixed' or 'normal', got {init!r}")
-    ids = list(model.context_prefix) + model.tokenizer(PAPER_FIXED_PROMPT, add_special_tokens=False).input_ids
+    ids = prompt_token_ids(model, PAPER_FIXED_PROMPT)
     ids = ids[:1] + ids[1:][-(prompt_len - 1) :] if len(ids) > prompt_len else ids
     ids = [ids[0]] * (prompt_len - len(ids)) + ids
     with torch.no_grad():
@@ -112,12 +113,11 @@ def save_run(run_dir: Path, state: RunState, config: TrainConfig) -> None:
     moments = state.optimizer["state"].get(0)
     if moments:
         tensors |= {k: torch.as_tensor(moments[k]).cpu().contiguous() for k in ("exp_avg", "exp_avg_sq", "step")}
-    save_file(tensors, str(run_dir / "state.partial"))
-    (run_dir / "state.partial").replace(run_dir / "state.safetensors")
+    with atomic_path(run_dir / "state.safetensors") as staging:
+        save_file(tensors, str(staging))
     progress = {"config": asdict(config), "step": state.step, "losses": state.losses, "curve": state.curve}
     progress["seconds"] = state.seconds
-    (run_dir / "progress.partial").write_text(json.dumps(progress))
-    (run_dir / "progress.partial").replace(run_dir / "progress.json")
+    atomic_write_json(run_dir / "progress.json", progress)
 
 
 def resume_key(config: dict) -> dict:

@@ -12,7 +12,7 @@ from app.lens.grid import Grid
 from app.service import GridRequest, Method, parse_request
 from app.store import is_grid_id
 from app.web.errors import ErrorBody, error_response
-from app.web.keeper import GridKeeper, KeptGrid
+from app.web.keeper import KeptGrid, keeper_of
 
 router = APIRouter()
 
@@ -45,14 +45,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 class GridDocument(Grid):
-    """A grid as the web API returns it: the `future-lens.grid/1` document plus its permalink."""
+    """A grid as the web API returns it: the `future-lens.grid/2` document plus its permalink."""
 
     id: str = Field(description="the permalink id")
     permalink: str = Field(description="path of the grid's page, `/g/{id}`; its JSON is at `/g/{id}.json`")
-
-
-def keeper_of(request: Request) -> GridKeeper:
-    return request.app.state.keeper
 
 
 def grid_response(kept: KeptGrid) -> Response:

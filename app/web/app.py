@@ -25,7 +25,7 @@ DESCRIPTION = """
 What each hidden state of a language model anticipates: for every (layer, token) of a text, the next N tokens
 decoded from that single hidden state (Future Lens, Pal et al., CoNLL 2023), or the logit lens / a fixed prompt.
 
-`POST /lens` computes a grid (schema `future-lens.grid/1`, see docs/grid-format.md) and stores it under a
+`POST /lens` computes a grid (schema `future-lens.grid/2`, see docs/grid-format.md) and stores it under a
 permalink; identical requests are served from the store. Invalid requests get HTTP 422 with a JSON body whose
 `field` names the problem.
 """

@@ -12,17 +12,15 @@ permalink id), a full queue is refused at once and work nobody waits for any mor
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import torch
+from fastapi import Request
 
-from app.lens.grid import SCHEMA, Grid
-from app.lens.lenses import FixedPromptLens, FutureLens, Lens
-from app.service import GridRequest, LensService
+from app.lens import Grid
+from app.service import GridRequest, LensService, PlannedGrid
 from app.store import GridStore, StoredGrid, grid_id, new_stored_grid
 from app.worker import DeadlineExceededError, InferenceWorker, Ticket
 
@@ -55,14 +53,6 @@ def permalink_path(grid_id: str) -> str:
     return f"/g/{grid_id}"
 
 
-def tensor_hash(tensor: torch.Tensor) -> str:
-    """sha256 (16 hex digits) over a tensor's shape, dtype and bytes."""
-    data = tensor.detach().to("cpu").contiguous()
-    digest = hashlib.sha256(f"{tuple(data.shape)}|{data.dtype}".encode())
-    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()[:16]
-
-
 def _awaitable_done(ticket: Ticket) -> asyncio.Future[None]:
     """An asyncio future set when the ticket's job ends; cancelling it never cancels the shared job."""
     loop = asyncio.get_running_loop()
@@ -82,44 +72,16 @@ class GridKeeper:
         self.service = service
         self.store = store
         self.worker = worker or InferenceWorker()
-        self._prompt_hashes: dict[int, str] = {}
 
-    def _prompt_hash(self, lens: FutureLens, layer: int) -> str:
-        """Hash of the trained prompt tensor of `layer` (cached per tensor object)."""
-        tensor = lens.prompts.prompts[layer]
-        key = id(tensor)
-        if key not in self._prompt_hashes:
-            self._prompt_hashes[key] = tensor_hash(tensor)
-        return self._prompt_hashes[key]
-
-    def canonical_request(self, request: GridRequest, lens: Lens, layers: list[int]) -> dict[str, object]:
-        """Everything that determines the grid, normalised (resolved layers, effective N, the prompt used)."""
-        model = self.service.model
-        canonical: dict[str, object] = {
-            "schema": SCHEMA,
-            "model": {"id": model.id, "fingerprint": model.fingerprint, "dtype": model.dtype_name},
-            "method": lens.method,
-            "text": request.text,
-            "layers": layers,
-            "n_future": lens.effective_future(request.n_future),
-            "top_k": request.top_k,
-        }
-        if isinstance(lens, FixedPromptLens):
-            canonical["prompt"] = lens.prompt
-        if isinstance(lens, FutureLens):
-            used = sorted({lens.prompts.source_layer(layer) for layer in layers})
-            canonical["prompt_hashes"] = {str(layer): self._prompt_hash(lens, layer) for layer in used}
-        return canonical
-
-    def _compute_and_store(self, key: str, canonical: dict[str, object], request: GridRequest) -> KeptGrid:
+    def _compute_and_store(self, key: str, planned: PlannedGrid) -> KeptGrid:
         """Runs on the worker thread: compute the grid unless it was stored meanwhile, then store it."""
         stored = self.store.get(key)
         if stored is not None:
             return KeptGrid.from_stored(stored, cached=True)
-        grid: Grid = self.service.compute(request)
+        grid: Grid = self.service.compute(planned)
         document = {**grid.model_dump(mode="json", by_alias=True), "id": key, "permalink": permalink_path(key)}
         document_json = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-        stored = self.store.put(new_stored_grid(key, self.service.model.id, canonical, document_json))
+        stored = self.store.put(new_stored_grid(key, self.service.model.id, planned.canonical(), document_json))
         return KeptGrid.from_stored(stored, cached=False)
 
     def lookup_or_submit(self, request: GridRequest) -> KeptGrid | Ticket:
@@ -128,13 +90,12 @@ class GridKeeper:
         Raises `InvalidRequestError` before anything is queued or stored when the request is invalid, and
         `QueueFullError` when too many grids are already waiting.
         """
-        lens, layers = self.service.validate(request)
-        canonical = self.canonical_request(request, lens, layers)
-        key = grid_id(canonical)
+        planned = self.service.plan(request)
+        key = grid_id(planned.canonical())
         stored = self.store.get(key)
         if stored is not None:
             return KeptGrid.from_stored(stored, cached=True)
-        return self.worker.submit(key, lambda: self._compute_and_store(key, canonical, request))
+        return self.worker.submit(key, lambda: self._compute_and_store(key, planned))
 
     def get_or_compute(self, request: GridRequest) -> KeptGrid:
         """Blocking form of `lookup_or_submit`: wait (up to the worker's deadline) for the grid."""
@@ -165,3 +126,8 @@ class GridKeeper:
         """A stored grid by id (no computation)."""
         stored = self.store.get(grid_id)
         return KeptGrid.from_stored(stored, cached=True) if stored else None
+
+
+def keeper_of(request: Request) -> GridKeeper:
+    """The app's grid keeper (set up by `create_app`)."""
+    return request.app.state.keeper

@@ -13,7 +13,7 @@ from app.lens.layers import strided_layers
 from app.lens.lenses import PAPER_FIXED_PROMPT
 from app.service import GridRequest, InvalidRequestError, parse_request
 from app.store import is_grid_id
-from app.web.keeper import GridKeeper, KeptGrid, permalink_path
+from app.web.keeper import GridKeeper, KeptGrid, keeper_of, permalink_path
 from app.web.render import grid_view, infer_stride
 from app.web.reports import load_eval_report
 
@@ -43,10 +43,6 @@ class FormState:
 class FutureAvailability:
     available: bool
     reason: str = ""
-
-
-def keeper_of(request: Request) -> GridKeeper:
-    return request.app.state.keeper
 
 
 def future_availability(keeper: GridKeeper) -> FutureAvailability:

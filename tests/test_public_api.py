@@ -1,0 +1,109 @@
+"""The public lens API (`app.lens`): the README's example runs, nnsight stays contained, layering holds."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.atomic import atomic_path, atomic_write_json
+from app.lens import FixedPromptLens, FutureLens, LogitLens, load_soft_prompts
+from app.lens.prompts import default_prompt_dir
+from tests.conftest import words
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_library_example() -> str:
+    """The Python block that follows the README's `readme-library-example` marker."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- readme-library-example[^>]*-->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README.md lost its library example"
+    return match.group(1)
+
+
+@pytest.mark.embedded
+def test_readme_library_example_runs(embedded_dir, capsys) -> None:
+    exec(compile(readme_library_example(), "README.md", "exec"), {})  # our own README
+    printed = capsys.readouterr().out.strip()
+    layer, tokens = printed.split(" ", 1)
+    assert layer == "6"  # layers "::3" -> 0, 3, 6, ...
+    assert len(ast.literal_eval(tokens)) == 4
+
+
+@pytest.mark.embedded
+def test_future_lens_defaults_to_the_shipped_prompts(smollm2) -> None:
+    shipped = load_soft_prompts(default_prompt_dir(smollm2.id), smollm2)
+    by_default, by_folder = FutureLens(smollm2), FutureLens(smollm2, default_prompt_dir(smollm2.id))
+    assert sorted(by_default.prompts.prompts) == sorted(shipped.prompts) == sorted(by_folder.prompts.prompts)
+    assert by_default.identity([3]) == by_folder.identity([3]) == {"prompt_hashes": {"3": shipped.hash_of(3)}}
+
+
+def test_grid_takes_layer_specs_and_caps_n_for_the_logit_lens(tiny_gpt2) -> None:
+    grid = LogitLens(tiny_gpt2).grid(words(3), layers="1:", n_future=4, top_k=2)
+    assert grid.layers == [1, 2] and grid.n_future == 1
+    assert all(len(cell.tokens) == 1 and len(cell.topk) == 2 for row in grid.cells for cell in row)
+    texts = [words(2, seed=5), words(4, seed=6)]
+    together = FixedPromptLens(tiny_gpt2, words(3, seed=7)).grids(texts, layers=[0], n_future=2)
+    assert [len(g.tokens) for g in together] == [2, 4]
+
+
+def test_lens_identity_names_what_determines_the_cells(tiny_gpt2) -> None:
+    assert LogitLens(tiny_gpt2).identity([0]) == {}
+    assert FixedPromptLens(tiny_gpt2, "w5 w6").identity([0]) == {"prompt": "w5 w6"}
+
+
+def test_importing_the_app_mounts_nothing_on_python_objects() -> None:
+    """nnsight's `.save` mount is off, so anyio (the web server) imports after it; nothing uses nnsight's privates."""
+    code = (
+        "import app.web.app, app.lens.source, nnsight, anyio._backends._asyncio, anyio.streams.tls;"
+        "assert not hasattr(object, 'save'), 'nnsight mounted .save on object';"
+        "assert not nnsight.CONFIG.APP.PYMOUNT"
+    )
+    env = {name: value for name, value in os.environ.items() if name != "NNSIGHT_CONFIG"}  # as a fresh shell has it
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sources = "\n".join(path.read_text() for path in (ROOT / "app").rglob("*.py"))
+    assert "nnsight._c" not in sources
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_the_engine_imports_no_web_store_or_training_code() -> None:
+    for path in (ROOT / "app" / "lens").glob("*.py"):
+        forbidden = {
+            name for name in imported_modules(path) if name.startswith(("app.web", "app.store", "app.training"))
+        }
+        assert not forbidden, f"{path.name} imports {forbidden}"
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "grid"])
+def test_python_dash_m_cli_knows_every_command(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Usage" in done.stdout and "No such command" not in done.stdout + done.stderr
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
+    target = tmp_path / "manifest.json"
+    atomic_write_json(target, {"version": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as staging:
+        staging.write_text('{"version": 2, "trunc')
+        raise RuntimeError("crash while writing")
+    assert target.read_text() == '{"version": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no staging file left behind
+    with atomic_path(tmp_path / "plot.svg") as staging:
+        assert staging.suffix == ".svg"  # writers that infer the format from the suffix still work
+        staging.write_text("<svg/>")
+    assert (tmp_path / "plot.svg").read_text() == "<svg/>"
