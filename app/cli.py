@@ -29,7 +29,8 @@ def fail(message: str) -> None:
 
 
 def render_grid(grid: Grid, width: int = 14) -> str:
-    """A terminal table: one row per layer, one column per input token, whitespace made visible."""
+    """A terminal table: one row per layer, one column per input token, whitespace made visible; a row computed
+    with another layer's trained prompt ends in `(prompt from layer k)`."""
 
     def fit(text: str) -> str:
         text = visible_whitespace(text)
@@ -37,8 +38,10 @@ def render_grid(grid: Grid, width: int = 14) -> str:
 
     lines = ["layer ".rjust(7) + " ".join(fit(t.text) for t in grid.tokens)]
     lines.append("-" * len(lines[0]))
-    for layer, row in zip(grid.layers, grid.cells, strict=True):
-        lines.append(f"{layer:>5}  " + " ".join(fit("".join(t.text for t in cell.tokens)) for cell in row))
+    prompt_layers = grid.prompt_layers or grid.layers
+    for layer, prompt_layer, row in zip(grid.layers, prompt_layers, grid.cells, strict=True):
+        line = f"{layer:>5}  " + " ".join(fit("".join(t.text for t in cell.tokens)) for cell in row)
+        lines.append(line + (f"  (prompt from layer {prompt_layer})" if prompt_layer != layer else ""))
     lines.append("-" * len(lines[0]))
     lines.append("  next " + " ".join(fit(t.text) for t in grid.next_tokens))
     return "\n".join(lines)

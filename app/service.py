@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from app.config import get_limits
 from app.lens import (
+    LENS_SEMANTICS,
     PAPER_FIXED_PROMPT,
     SCHEMA,
     FixedPromptLens,
@@ -125,6 +126,7 @@ class PlannedGrid:
         model = self.lens.model
         return {
             "schema": SCHEMA,
+            "semantics": LENS_SEMANTICS,
             "model": {"id": model.id, "fingerprint": model.fingerprint, "dtype": model.dtype_name},
             "method": self.lens.method,
             "text": self.request.text,

@@ -2,7 +2,9 @@
 
 Load the page, submit with Ctrl+Enter, read the grid, hover/click/keyboard popovers, open the permalink in a new
 page, and check that token text containing HTML stays text (no dialog, no injected element, no CSP violation).
-A screenshot of the grid goes to tests/artifacts/grid.png for people to look at.
+The app reads its evaluation report from a folder the tests write (tests/report_helpers.py), so /about and the
+legend's measured calibration are checked whatever report is committed. Screenshots of the grid and of /about, at
+desktop width and at a phone's 390 px, go to tests/artifacts/ for people to look at.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from app.config import Settings
 from app.lens.display import visible_whitespace
 from app.lens.source import tokenize
 from app.web.app import create_app
-from tests.webapp_helpers import service_with_prompts
+from tests.report_helpers import write_report
+from tests.webapp_helpers import PROMPT_LAYERS, service_with_prompts
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
@@ -37,13 +40,23 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 XSS_TEXT = "<script>alert(1)</script> <img src=x onerror=alert(1)>"
+PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def base_url(smollm2, tmp_path_factory):
+def report(smollm2, tmp_path_factory) -> dict:
+    """The served model's evaluation report, every layer evaluated, in a folder of its own."""
+    reports_dir = tmp_path_factory.mktemp("reports")
+    written = write_report(reports_dir, smollm2.id, smollm2.fingerprint, list(range(smollm2.adapter.n_layers)))
+    return {"dir": reports_dir, "json": written}
+
+
+@pytest.fixture(scope="module")
+def base_url(smollm2, tmp_path_factory, report):
     """A uvicorn server in a thread, on a socket already bound to a free loopback port."""
     service = service_with_prompts(tmp_path_factory.mktemp("prompts"), smollm2)
     app = create_app(Settings(db_path=tmp_path_factory.mktemp("db") / "grids.sqlite3"), service=service)
+    app.state.reports_dir = report["dir"]
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -85,8 +98,8 @@ def browser():
 class Watched:
     """A page plus what it did that it should not have: dialogs, CSP violations, page errors."""
 
-    def __init__(self, browser):
-        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+    def __init__(self, browser, viewport: dict[str, int] | None = None):
+        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800})
         self.page = self.context.new_page()
         self.dialogs: list[str] = []
         self.problems: list[str] = []
@@ -150,8 +163,8 @@ def test_submit_shows_the_grid_with_progress_and_permalink(base_url, watched, sm
     tokens = tokenize(smollm2, text)
     assert page.evaluate("window.__progressSeen") is True
     assert page.locator("table.grid tbody tr").count() == len(layers)
-    row_heads = page.locator("table.grid tbody th.layer-head").all_inner_texts()
-    assert [head.rstrip("*") for head in row_heads] == [str(layer) for layer in layers]  # * = borrowed prompt
+    row_heads = page.locator("table.grid tbody th.layer-head .layer-num").all_inner_texts()
+    assert row_heads == [str(layer) for layer in layers]
     assert page.locator("table.grid thead th.tok-head").count() == len(tokens)
     assert page.locator("table.grid td.cell").count() == len(layers) * len(tokens)
     assert page.locator("table.grid tfoot td.next").count() == len(tokens)
@@ -207,8 +220,11 @@ def test_permalink_opens_the_same_grid_in_a_new_page(base_url, watched, browser)
     watched.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
     copy = page.locator("button.copy")
     copy.click()
-    page.wait_for_function("document.querySelector('button.copy').textContent !== 'Copy link'", timeout=5_000)
-    assert copy.inner_text() == "Copied ✓"  # the clipboard write is asynchronous: wait for its answer, then check it
+    from playwright.sync_api import expect
+
+    # the clipboard write is asynchronous: wait for its answer (expect polls without evaluating strings in the page,
+    # which the page's CSP forbids), then check it
+    expect(copy).to_have_text("Copied ✓", timeout=5_000)
     assert page.evaluate("navigator.clipboard.readText()") == base_url + permalink
     other = Watched(browser)
     try:
@@ -261,6 +277,78 @@ def test_about_page_loads_cleanly(base_url, watched):
     page.goto(base_url + "/about")
     assert "What the grid shows" in page.locator("h1").inner_text()
     assert not watched.problems, watched.problems
+
+
+def test_about_shows_the_learned_prompts_numbers_for_every_layer(base_url, watched, browser, report):
+    page = watched.page
+    page.goto(base_url + "/about")
+    table = page.locator('table[data-table="per_layer"]')
+    columns = table.locator("thead th").all_inner_texts()
+    learned = columns.index("learned prompt (teacher-forced)")
+    rows = table.locator("tbody tr")
+    assert rows.count() == len(report["json"]["layers"])
+    for index, layer in enumerate(report["json"]["layers"]):
+        cells = rows.nth(index).locator("th, td").all_inner_texts()
+        assert cells[0] == str(layer)
+        assert re.fullmatch(r"\d\.\d\d(/\d\.\d\d){3}", cells[learned]), cells
+    for stem in ("eval", "calibration", "learning_curve"):  # every plot loaded and decoded
+        width = page.locator(f'img[src="/about/{stem}.png"]').evaluate("img => img.complete && img.naturalWidth")
+        assert width > 0, stem
+    assert "Q4_1" in page.locator("table.facts").first.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "about.png"), full_page=True)
+    assert not watched.problems, watched.problems
+    phone = Watched(browser, PHONE)
+    try:
+        phone.page.goto(base_url + "/about")
+        assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # only tables scroll
+        phone.page.screenshot(path=str(ARTIFACTS / "about-390.png"), full_page=True)
+        assert not phone.problems, phone.problems
+    finally:
+        phone.close()
+
+
+def check_borrowed_rows(page) -> None:
+    """Prompts exist for PROMPT_LAYERS only: every other row is grey and labelled with the layer it borrowed from."""
+    rows = page.locator("table.grid tbody tr")
+    for index in range(rows.count()):
+        row = rows.nth(index)
+        layer = int(row.locator(".layer-num").inner_text())
+        label = row.locator(".borrowed-label")
+        if layer in PROMPT_LAYERS:
+            assert label.count() == 0 and "borrowed" not in (row.get_attribute("class") or "")
+            continue
+        source = min(PROMPT_LAYERS, key=lambda trained: (abs(trained - layer), trained))
+        assert label.is_visible() and label.inner_text() == f"prompt from layer {source}"
+        shade = row.locator("td.cell").first.evaluate("cell => getComputedStyle(cell).backgroundColor")
+        red, green, blue = (int(value) for value in re.findall(r"\d+", shade)[:3])
+        assert red == green == blue, shade  # grey, not the blue scale
+    assert page.locator(".legend .borrowed-sample").is_visible()
+
+
+def test_borrowed_rows_are_labelled_and_the_legend_is_measured(base_url, watched, browser):
+    page = watched.page
+    page.goto(base_url + "/")
+    submit(page, "Marty McFly from the future", n_future=4, stride=5)
+    check_borrowed_rows(page)
+    assert page.locator("tbody tr.borrowed").count() == 4  # layers 5, 10, 20, 25
+    shares = page.locator(".legend .share > [aria-hidden]").all_inner_texts()
+    assert len(shares) == 10 and shares[0] == "4%" and shares[-1] == "–"
+    assert "right on held-out text" in page.locator(".legend").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "grid-borrowed.png"), full_page=True)
+    permalink = page.locator("#permalink").get_attribute("href")
+    assert not watched.problems, watched.problems
+    phone = Watched(browser, PHONE)
+    try:
+        phone.page.goto(base_url + permalink)
+        phone.page.wait_for_selector("table.grid")
+        check_borrowed_rows(phone.page)
+        assert phone.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # the grid scrolls
+        phone.page.screenshot(path=str(ARTIFACTS / "grid-390.png"), full_page=True)
+        assert not phone.problems, phone.problems
+    finally:
+        phone.close()
 
 
 def test_api_docs_render_offline_from_local_files(base_url, watched):

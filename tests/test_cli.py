@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.lens import models
 from app.lens.grid import Grid
+from tests.webapp_helpers import random_prompt_dir
 
 runner = CliRunner()
 
@@ -101,3 +102,17 @@ def test_whitespace_only_text_with_crlf_gives_the_same_tokens_as_the_web() -> No
     readable = runner.invoke(cli, ["grid", "\r\n\r\n", "--method", "logit", "--layers", "0"])
     assert readable.exit_code == 0, readable.output
     assert readable.output.splitlines()[0].split() == ["layer", "↵↵"]
+
+
+@pytest.mark.embedded
+def test_rows_with_a_borrowed_prompt_say_whose(smollm2, tmp_path: Path) -> None:
+    """Only layer 3 has a trained prompt: layer 2's row used it, and the readable table says so on that row."""
+    prompts = random_prompt_dir(tmp_path, smollm2, layers=(3,))
+    args = ["grid", "Hello world", "--method", "future", "--layers", "2,3", "-n", "1", "--prompt-dir", str(prompts)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line.split()[0] in ("2", "3")}
+    assert rows["2"].endswith("  (prompt from layer 3)")
+    assert "prompt from" not in rows["3"]
+    as_json = runner.invoke(cli, [*args, "--json"])
+    assert Grid.model_validate(json.loads(as_json.output)).prompt_layers == [3, 3]

@@ -107,3 +107,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
         assert staging.suffix == ".svg"  # writers that infer the format from the suffix still work
         staging.write_text("<svg/>")
     assert (tmp_path / "plot.svg").read_text() == "<svg/>"
+
+
+def test_permalink_id_includes_the_lens_semantics_version(tiny_gpt2, monkeypatch) -> None:
+    """A fix that changes what lenses compute bumps `LENS_SEMANTICS`: old ids then never serve the new grids."""
+    from app import service
+    from app.store import grid_id
+
+    planned = service.LensService(tiny_gpt2).plan(service.parse_request(text=words(2), method="logit"))
+    before = grid_id(planned.canonical())
+    monkeypatch.setattr(service, "LENS_SEMANTICS", service.LENS_SEMANTICS + 1)
+    assert grid_id(planned.canonical()) != before

@@ -231,3 +231,19 @@ def test_a_run_can_be_extended_with_more_examples(tiny_gptj, corpus, tmp_path):
     straight = train_prompts(tiny_gptj, dataset, long, tmp_path / "other", None, progress=False)
     assert extended.step == 4 and [p["examples"] for p in extended.curve] == [16, 32]
     torch.testing.assert_close(extended.prompts, straight.prompts, atol=1e-6, rtol=1e-5)
+
+
+def test_prompts_train_in_float32_on_a_bf16_model(tiny_gptj, corpus, tmp_path):
+    """AdamW's steps of ~lr (1e-5 here) survive: in a bf16 prompt (~0.4 % resolution) they would round away."""
+    import copy
+
+    from app.lens.models import wrap_model
+
+    bf16 = wrap_model("tiny-gptj-bf16", copy.deepcopy(tiny_gptj.hf).to(torch.bfloat16), tiny_gptj.tokenizer)
+    dataset = tiny_dataset(bf16, corpus, n_train=8, n_dev=4)
+    config = TrainConfig(layers=[1], examples=8, lr=1e-5, init="normal", curve_points=[], curve_dev=4)
+    start = init_prompts(bf16, 1, config.prompt_len, "normal", config.seed)
+    state = train_prompts(bf16, dataset, config, tmp_path / "run", None, progress=False)
+    assert state.prompts.dtype == torch.float32
+    moved = (state.prompts - start).abs()
+    assert moved.max() > 0 and (moved > 0).float().mean() > 0.5

@@ -7,17 +7,23 @@ import json
 import os
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from markupsafe import escape
 
 from app.config import Settings, get_limits
+from app.lens.lenses import PAPER_FIXED_PROMPT
 from app.lens.source import tokenize
 from app.service import LensService
 from app.store import MemoryGridStore, SQLiteGridStore, StoredGrid, StoreError, grid_id, is_grid_id
-from app.web.app import SOURCE_ROOT, create_app
-from app.web.reports import report_table
-from tests.webapp_helpers import PROMPT_LAYERS, service_with_prompts
+from app.training.metrics import MAX_N
+from app.web.app import create_app
+from app.web.render import MIN_BIN_CELLS
+from app.web.reports import CALIBRATION_N, PLOTS, EvalReport, ReportTable, layer_ranges, report_method
+from tests.report_helpers import FIRST_TOKEN_BINS, MEAN_PROB_BINS, PROTOCOL, write_report
+from tests.webapp_helpers import PROMPT_LAYERS, random_prompt_dir, service_with_prompts
 
 pytestmark = pytest.mark.embedded
 
@@ -75,6 +81,10 @@ def test_post_lens_returns_layers_by_tokens_by_n(posted, smollm2):
     assert is_grid_id(grid["id"])
     assert grid["permalink"] == f"/g/{grid['id']}"
     assert posted.headers["x-future-lens-cache"] == "miss"
+
+
+def test_grid_json_states_the_weights_quantisation(posted):
+    assert "Q4_1" in posted.json()["model"]["quantization"]
 
 
 def test_identical_request_is_served_from_the_store(client, posted):
@@ -373,6 +383,7 @@ def test_healthz_reports_the_model_and_prompt_layers(client, smollm2):
     assert health["model"] == smollm2.id
     assert health["fingerprint"] == smollm2.fingerprint
     assert health["device"] == "cpu" and health["dtype"] == "float32"
+    assert "Q4_1" in health["quantization"]  # the embedded weights are a 4-bit GGUF, and every reader is told
     assert health["prompt_layers"] == list(PROMPT_LAYERS)
 
 
@@ -397,61 +408,292 @@ def test_static_assets_are_served_locally(client):
 # ---------- /about ----------
 
 
+def app_with_reports(service: LensService, tmp_path: Path, report: bool = True) -> TestClient:
+    """A client whose app reads reports from `tmp_path/reports` (with a current-format report unless told not)."""
+    app = create_app(Settings(db_path=tmp_path / "g.sqlite3"), service=service)
+    app.state.reports_dir = tmp_path / "reports"
+    if report:
+        write_report(app.state.reports_dir, service.model.id, service.model.fingerprint, list(PROMPT_LAYERS))
+    return TestClient(app)
+
+
+def esc(text: str) -> str:
+    """`text` as the templates write it."""
+    return str(escape(text))
+
+
+def report_json(client: TestClient) -> Path:
+    return client.app.state.reports_dir / client.app.state.service.model.id / "eval.json"
+
+
 def test_about_renders_without_a_report(service, tmp_path):
-    for name in ("templates", "static"):
-        (tmp_path / name).symlink_to(SOURCE_ROOT / name)
-    settings = Settings(db_path=tmp_path / "g.sqlite3", assets_dir=tmp_path)
-    client = TestClient(create_app(settings, service=service))
+    client = app_with_reports(service, tmp_path, report=False)
     page = client.get("/about")
     assert page.status_code == 200
     assert "No evaluation report" in page.text
     assert "arxiv.org/abs/2311.04897" in page.text
-    assert client.get("/about/eval.png").status_code == 404
+    for stem in PLOTS:
+        assert client.get(f"/about/{stem}.png").status_code == 404
 
 
 def test_about_shows_the_committed_report(client):
     page = client.get("/about")
     assert page.status_code == 200 and "No evaluation report" not in page.text
     assert client.get("/about/eval.png").headers["content-type"] == "image/png"
+    # the committed report is either in the current format (tables) or said to predate it
+    assert 'data-table="per_layer"' in page.text or "predates the current format" in page.text
 
 
-def test_about_shows_the_report_when_present(service, tmp_path):
-    for name in ("templates", "static"):
-        (tmp_path / name).symlink_to(SOURCE_ROOT / name)
-    report = tmp_path / "reports" / service.model.id
-    report.mkdir(parents=True)
-    (report / "eval.json").write_text(
-        json.dumps({"examples": 200, "layers": [{"layer": 0, "p@1": {"N1": 0.25}}, {"layer": 15, "p@1": {"N1": 0.4}}]})
-    )
-    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
-    (report / "eval.png").write_bytes(png)
-    app = create_app(Settings(db_path=tmp_path / "g.sqlite3", assets_dir=tmp_path), service=service)
-    about = TestClient(app).get("/about")
-    assert about.status_code == 200
-    assert 'src="/about/eval.png"' in about.text
-    assert "p@1.N1" in about.text and "0.400" in about.text
-    plot = TestClient(app).get("/about/eval.png")
-    assert plot.status_code == 200 and plot.content == png
+def table_rows(html: str, name: str) -> list[list[str]]:
+    """The cell texts of the report table `name` on the page (header row first)."""
+    table = html.split(f'data-table="{name}"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S) for row in rows]
+
+
+def test_about_renders_every_report_table_with_its_caption(service, tmp_path):
+    client = app_with_reports(service, tmp_path)
+    report = json.loads(report_json(client).read_text())
+    page = client.get("/about")
+    assert page.status_code == 200 and "No evaluation report" not in page.text
+    for table in report["tables"]:
+        assert f">{esc(table['caption'])}</h3>" in page.text
+        assert table_rows(page.text, table["name"]) == [table["columns"], *table["rows"]]
+    names = re.findall(r'data-table="([a-z_]+)"', page.text)
+    assert names == [table["name"] for table in report["tables"]]  # reading order kept
+    per_layer = table_rows(page.text, "per_layer")
+    assert [row[0] for row in per_layer[1:]] == [str(layer) for layer in PROMPT_LAYERS]
+    assert "predates" not in page.text
+
+
+def test_about_states_the_reports_facts(service, tmp_path):
+    page = app_with_reports(service, tmp_path).get("/about").text
+    facts = dict(re.findall(r'<tr><th scope="row">([^<]*)</th><td>([^<]*)</td></tr>', page))
+    assert facts["dev examples (held out)"] == "192"
+    assert facts["train examples"] == "1600"
+    training = "1440 examples per layer · learning rate 0.002 · objective kl(p_original||p_patched), teacher-forced"
+    assert facts["prompt training"] == esc(training)
+    assert facts["protocol"] == esc(PROTOCOL)
+    assert "Q4_1" in facts["weights evaluated"]
+    assert facts["layers evaluated"] == "0, 15, 29 (3)"
+    assert facts["weights fingerprint"] == f"{service.model.fingerprint} (the served weights)"
+
+
+def test_about_states_the_served_weights_quantisation(client, smollm2):
+    page = client.get("/about").text
+    row = re.search(r'<tr><th scope="row">weights</th><td>([^<]*)</td></tr>', page)
+    assert row and row.group(1) == esc(smollm2.quantization) and "Q4_1" in row.group(1)
+    assert "prompt from layer" in page  # how borrowed rows look, in the method's description
+
+
+def test_about_shows_and_serves_the_three_plots(service, tmp_path):
+    client = app_with_reports(service, tmp_path)
+    page = client.get("/about").text
+    folder = report_json(client).parent
+    for stem in PLOTS:
+        assert f'src="/about/{stem}.png"' in page
+        plot = client.get(f"/about/{stem}.png")
+        assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
+        assert plot.content == (folder / f"{stem}.png").read_bytes()
+
+
+@pytest.mark.parametrize("path", ["/about/eval.json", "/about/..%2Feval.json", "/about/other.png", "/about/eval.svg"])
+def test_about_serves_no_other_file(service, tmp_path, path):
+    client = app_with_reports(service, tmp_path)
+    (report_json(client).parent / "other.png").write_bytes(b"\x89PNG")
+    assert client.get(path).status_code == 404
+
+
+def test_report_text_is_escaped(service, tmp_path):
+    client = app_with_reports(service, tmp_path)
+    report = json.loads(report_json(client).read_text())
+    report["tables"][0]["caption"] = "<script>alert(1)</script>"
+    report["tables"][0]["rows"][0][0] = "<img src=x onerror=alert(1)>"
+    report["protocol"] = "<b>bold</b>"
+    report_json(client).write_text(json.dumps(report))
+    page = client.get("/about").text
+    assert "<script>alert(1)" not in page and "<img src=x" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_a_report_without_tables_is_said_to_predate_the_format(service, tmp_path):
+    client = app_with_reports(service, tmp_path)
+    report = json.loads(report_json(client).read_text())
+    del report["tables"]
+    report_json(client).write_text(json.dumps(report))
+    page = client.get("/about")
+    assert page.status_code == 200
+    assert "predates the current format" in page.text
+    assert "data-table=" not in page.text
+    assert "1440" in page.text and 'src="/about/eval.png"' in page.text  # facts and plots still shown
 
 
 @pytest.mark.parametrize(
-    ("data", "columns", "n_rows"),
+    ("content", "note"),
     [
-        ([{"layer": 1, "p": 0.5}, {"layer": 2, "q": 1}], ["layer", "p", "q"], 2),
-        ({"layers": {"0": {"p": 0.1}, "1": {"p": 0.2}}}, ["layers", "p"], 2),
-        ({"0": {"p": 0.1}}, ["key", "p"], 1),
-        ({"examples": 10}, [], 0),
+        ("{not json", "could not be read"),
+        ("[1, 2, 3]", "not a JSON object"),
+        ('{"tables": [{"name": "x"}, 7]}', "could not be read and are left out"),
+        ('{"tables": "nope"}', "could not be read and are left out"),
     ],
 )
-def test_report_table_reads_common_layouts(data, columns, n_rows):
-    table = report_table(data)
-    assert table is not None
-    assert table.columns == columns
-    assert len(table.rows) == n_rows
+def test_a_malformed_report_is_a_note_not_an_error(service, tmp_path, content, note):
+    client = app_with_reports(service, tmp_path)
+    report_json(client).write_text(content)
+    page = client.get("/about")
+    assert page.status_code == 200
+    assert note in page.text
 
 
-def test_report_table_of_nothing_tabular_is_none():
-    assert report_table([1, 2, 3]) is None
+def test_a_report_on_other_weights_says_so(service, tmp_path):
+    client = app_with_reports(service, tmp_path)
+    report = json.loads(report_json(client).read_text())
+    report["model_fingerprint"] = "0123456789abcdef"
+    report_json(client).write_text(json.dumps(report))
+    page = client.get("/about").text
+    assert "0123456789abcdef (not the served weights)" in page
+    assert "may not describe the served weights" in page
+
+
+def test_report_sections_put_plots_after_their_tables():
+    tables = [ReportTable(name, "", [], []) for name in ("headline_free_running", "calibration", "per_layer")]
+    report = EvalReport(True, ["eval", "calibration", "learning_curve"], tables)
+    assert [(table.name if table else None, plots) for table, plots in report.sections()] == [
+        ("headline_free_running", ["eval"]),
+        ("calibration", ["calibration"]),
+        ("per_layer", []),
+        (None, ["learning_curve"]),
+    ]
+    assert EvalReport(True, ["eval"]).sections() == [(None, ["eval"])]
+
+
+def test_layer_ranges_are_compact():
+    assert layer_ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"
+    assert layer_ranges(list(range(30))) == "0–29"
+    assert layer_ranges([3]) == "3"
+
+
+# ---------- the legend's measured calibration ----------
+
+
+def grid_page(client: TestClient, request: dict) -> str:
+    """The permalink page of the grid `request` computes."""
+    grid = client.post("/lens", json=request)
+    assert grid.status_code == 200, grid.text
+    page = client.get(grid.json()["permalink"])
+    assert page.status_code == 200
+    return page.text
+
+
+def legend_shares(page: str) -> list[str]:
+    return re.findall(r'<span class="share"[^>]*>.*?<span aria-hidden="true">([^<]*)</span></span>', page)
+
+
+def expected_shares(bins: list[tuple[int, float]]) -> list[str]:
+    return [f"{accuracy * 100:.0f}%" if count >= MIN_BIN_CELLS else "–" for count, accuracy in bins]
+
+
+@pytest.mark.parametrize(
+    ("request_", "bins"),
+    [
+        ({"method": "future", "n_future": 4}, MEAN_PROB_BINS),
+        ({"method": "fixed", "n_future": 4}, MEAN_PROB_BINS),
+        ({"method": "logit"}, FIRST_TOKEN_BINS),
+    ],
+)
+def test_legend_says_how_often_each_shade_was_right(service, tmp_path, request_, bins):
+    client = app_with_reports(service, tmp_path)
+    page = grid_page(client, {"text": TEXT, "layers": "0,29", **request_})
+    assert "right on held-out text" in page
+    assert legend_shares(page) == expected_shares(bins)
+    assert legend_shares(page)[:5] == ["4%", "11%", "19%", "27%", "38%"] or bins is FIRST_TOKEN_BINS
+    assert legend_shares(page)[-1] == "–"  # 1 or 7 cells: too few to say
+    assert f"Second row: of {sum(count for count, _ in bins)} held-out cells" in page
+
+
+def test_legend_reads_the_report_again_when_it_changes(service, tmp_path):
+    client = app_with_reports(service, tmp_path)
+    request = {"text": TEXT, "layers": "0,29", "method": "logit"}
+    assert legend_shares(grid_page(client, request))[0] == "6%"
+    report = json.loads(report_json(client).read_text())
+    report["methods"]["logit_lens"]["calibration"]["first_token"]["bins"][0]["accuracy"] = 0.5
+    report_json(client).write_text(json.dumps(report))
+    os.utime(report_json(client), ns=(1, 1))  # a different mtime whatever the clock's resolution
+    assert legend_shares(grid_page(client, request))[0] == "50%"
+
+
+def test_legend_mentions_a_different_n(service, tmp_path):
+    page = grid_page(
+        app_with_reports(service, tmp_path), {"text": TEXT, "layers": "0", "method": "future", "n_future": 2}
+    )
+    assert "N = 4 tokens each" in page and "This grid has N = 2" in page
+
+
+@pytest.mark.parametrize(
+    ("change", "request_"),
+    [
+        (None, {"method": "fixed", "prompt": "Tell me about"}),  # not the prompt the report measured
+        ("no report", {"method": "future"}),
+        ("other weights", {"method": "future"}),
+        ("no calibration", {"method": "future"}),
+        ("short bins", {"method": "future"}),
+        ("odd bins", {"method": "future"}),
+    ],
+)
+def test_legend_without_a_matching_measurement_shows_probability_only(service, tmp_path, change, request_):
+    client = app_with_reports(service, tmp_path, report=change != "no report")
+    if change not in (None, "no report"):
+        report = json.loads(report_json(client).read_text())
+        if change == "other weights":
+            report["model_fingerprint"] = "0123456789abcdef"
+        elif change == "no calibration":
+            del report["methods"]["learned_prompt"]["calibration"]
+        elif change == "short bins":
+            report["methods"]["learned_prompt"]["calibration"]["mean_prob"]["bins"] = [{"low": 0}]
+        else:
+            report["methods"]["learned_prompt"]["calibration"]["mean_prob"]["bins"] = ["x"] * 10
+        report_json(client).write_text(json.dumps(report))
+    page = grid_page(client, {"text": TEXT, "layers": "0,29", "n_future": 2, **request_})
+    assert "mean probability of the N tokens" in page
+    assert "right on held-out text" not in page and not legend_shares(page)
+
+
+def test_calibration_n_is_what_the_evaluation_measures():
+    assert CALIBRATION_N == MAX_N + 1
+
+
+def test_report_method_maps_grids_to_measurements():
+    assert report_method("future", None) == ("learned_prompt", "mean_prob")
+    assert report_method("fixed", PAPER_FIXED_PROMPT) == ("fixed_prompt", "mean_prob")
+    assert report_method("fixed", "Tell me about") is None
+    assert report_method("logit", None) == ("logit_lens", "first_token")
+
+
+# ---------- borrowed prompts ----------
+
+
+@pytest.fixture(scope="module")
+def layer3_client(smollm2, tmp_path_factory) -> TestClient:
+    """An app whose only trained prompt is layer 3's: every other layer borrows it."""
+    prompts = random_prompt_dir(tmp_path_factory.mktemp("layer3"), smollm2, layers=(3,))
+    service = LensService(smollm2, prompt_dir=prompts)
+    return TestClient(create_app(Settings(db_path=tmp_path_factory.mktemp("db3") / "g.sqlite3"), service=service))
+
+
+def test_borrowed_rows_are_grey_and_labelled(layer3_client):
+    page = grid_page(layer3_client, {"text": TEXT, "method": "future", "layers": "2,3", "n_future": 1})
+    rows = re.findall(r"<tr( class=\"borrowed\")?>\s*<th class=\"layer-head\" scope=\"row\">(.*?)</th>", page, re.S)
+    assert [(bool(borrowed), head) for borrowed, head in rows] == [
+        (True, '<span class="layer-num">2</span><span class="borrowed-label">prompt from layer 3</span>'),
+        (False, '<span class="layer-num">3</span>'),
+    ]
+    assert "grey row: this layer has no trained prompt of its own" in page
+
+
+def test_rows_with_their_own_prompt_are_not_marked(client, posted):
+    page = client.get(posted.json()["permalink"]).text
+    assert 'class="borrowed"' not in page and "prompt from layer" not in page
+    assert "grey row" not in page
 
 
 # ---------- the store ----------

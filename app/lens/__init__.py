@@ -9,12 +9,13 @@
 
 from app.lens.grid import SCHEMA, Cell, Grid, TokenProb, TokenText
 from app.lens.layers import LayerSpecError, parse_layers
-from app.lens.lenses import PAPER_FIXED_PROMPT, FixedPromptLens, FutureLens, Lens, LogitLens
+from app.lens.lenses import LENS_SEMANTICS, PAPER_FIXED_PROMPT, FixedPromptLens, FutureLens, Lens, LogitLens
 from app.lens.models import DEFAULT_MODEL, LoadedModel, ModelNotAvailableError, load_model, wrap_model
 from app.lens.prompts import PromptArtifactError, SoftPromptSet, load_soft_prompts
 
 __all__ = [
     "DEFAULT_MODEL",
+    "LENS_SEMANTICS",
     "PAPER_FIXED_PROMPT",
     "SCHEMA",
     "Cell",

@@ -45,6 +45,9 @@ class ModelInfo(BaseModel):
     d_model: int
     dtype: str
     fingerprint: str
+    quantization: str | None = Field(
+        default=None, description="how the weights were compressed before loading (null: as published)"
+    )
 
 
 class Grid(BaseModel):
@@ -77,6 +80,7 @@ def model_info(model: LoadedModel) -> ModelInfo:
         d_model=adapter.d_model,
         dtype=model.dtype_name,
         fingerprint=model.fingerprint,
+        quantization=model.quantization,
     )
 
 

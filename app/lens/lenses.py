@@ -23,6 +23,9 @@ from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompt
 from app.lens.source import tokenize
 
 PAPER_FIXED_PROMPT = 'Hello! Could you please tell me more about "'
+#: Version of what the lenses compute for given inputs; part of every permalink id. Bump it with any fix that
+#: changes cells (decoding, patching, prompts' use), so a stored grid is never served for the new computation.
+LENS_SEMANTICS = 1
 
 LayerSelection = str | Sequence[int] | None
 

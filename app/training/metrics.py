@@ -1,7 +1,9 @@
-"""The paper's evaluation protocol: precision@k against the model's own greedy tokens, and surprisal.
+"""The paper's evaluation protocol: precision@k against the model's own greedy tokens, and surprisal; plus what
+the grid shows: free-running precision, by position bucket, and calibration.
 
-Predictions are top-k token ids per example and future offset N (teacher-forced: the tokens before offset N are
-the model's own greedy ones). Surprisal is -ln p_original of the predicted (top-1) token, in nats.
+Teacher-forced predictions are top-k token ids per example and future offset N (the tokens before offset N are the
+model's own greedy ones). Surprisal is -ln p_original of the predicted (top-1) token, in nats. Free-running ("as
+shown") predictions are the tokens a lens decodes on its own, each conditioned on its previous ones, as in the grid.
 """
 
 from __future__ import annotations
@@ -14,11 +16,30 @@ from app.training.objective import patched_logits
 
 TOP_K = 5
 MAX_N = 3
+#: Grid positions (1-based token index after the context prefix) whose metrics are also reported apart.
+POSITION_BUCKETS = ((1, 4), (5, 16), (17, 64))
+CALIBRATION_BINS = 10
 
 
-def score(topk: torch.Tensor, teacher: torch.Tensor, orig_logp: torch.Tensor, offsets: list[int]) -> dict:
-    """Metrics per N in `offsets` for predictions topk [D, len(offsets), K] vs teacher [D, 4]; orig_logp [D, 4, V]."""
-    out: dict[str, dict[str, float]] = {}
+def by_position(hits: torch.Tensor, positions: torch.Tensor) -> dict[str, float | None]:
+    """Mean of `hits` [D] within each position bucket (None for an empty bucket)."""
+    out: dict[str, float | None] = {}
+    for low, high in POSITION_BUCKETS:
+        inside = (positions >= low) & (positions <= high)
+        out[f"{low}-{high}"] = hits[inside].float().mean().item() if inside.any() else None
+    return out
+
+
+def score(
+    topk: torch.Tensor,
+    teacher: torch.Tensor,
+    orig_logp: torch.Tensor,
+    offsets: list[int],
+    positions: torch.Tensor | None = None,
+) -> dict:
+    """Metrics per N in `offsets` for predictions topk [D, len(offsets), K] vs teacher [D, 4]; orig_logp [D, 4, V];
+    with `positions` [D], precision@1 by position bucket too."""
+    out: dict[str, dict] = {}
     for column, n in enumerate(offsets):
         predicted = topk[:, column]
         target = teacher[:, n]
@@ -28,7 +49,50 @@ def score(topk: torch.Tensor, teacher: torch.Tensor, orig_logp: torch.Tensor, of
             "p5": (predicted[:, :TOP_K] == target[:, None]).any(-1).float().mean().item(),
             "surprisal": -orig_logp[torch.arange(len(top1)), n, top1].float().mean().item(),
         }
+        if positions is not None:
+            out[f"N{n}"]["p1_by_position"] = by_position(top1 == target, positions)
     return out
+
+
+def free_running_score(token_ids: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor) -> dict:
+    """What the grid shows: token k of a freely decoded phrase [D, n] vs the model's own k-th token (N=k), and the
+    whole phrase of length 1..n matching."""
+    hits = token_ids == teacher[:, : token_ids.shape[1]]
+    out: dict[str, dict] = {
+        f"N{n}": {"p1": hits[:, n].float().mean().item(), "p1_by_position": by_position(hits[:, n], positions)}
+        for n in range(token_ids.shape[1])
+    }
+    out["phrase"] = {
+        str(length): hits[:, :length].all(-1).float().mean().item() for length in range(1, hits.shape[1] + 1)
+    }
+    return out
+
+
+def reliability(confidence: torch.Tensor, correct: torch.Tensor, bins: int = CALIBRATION_BINS) -> dict:
+    """Reliability diagram data: per confidence bin the count, mean confidence and accuracy (mean of `correct`,
+    0..1); the expected calibration error; and the accuracy where confidence >= 0.9."""
+    confidence, correct = confidence.flatten().float(), correct.flatten().float()
+    index = (confidence * bins).long().clamp(0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = index == b
+        count = int(inside.sum())
+        if count:
+            mean_conf, accuracy = confidence[inside].mean().item(), correct[inside].mean().item()
+            ece += count / len(confidence) * abs(accuracy - mean_conf)
+        else:
+            mean_conf = accuracy = None
+        rows.append(
+            {"low": b / bins, "high": (b + 1) / bins, "count": count, "confidence": mean_conf, "accuracy": accuracy}
+        )
+    confident = confidence >= 0.9
+    return {
+        "bins": rows,
+        "ece": ece,
+        "n": len(confidence),
+        "accuracy_at_0.9": correct[confident].mean().item() if confident.any() else None,
+        "count_at_0.9": int(confident.sum()),
+    }
 
 
 def original_log_probs_table(model: LoadedModel, examples: Examples, chunk: int = 64) -> torch.Tensor:

@@ -29,19 +29,22 @@ from app.training.data import DataConfig, Dataset, data_cache_root, prepare_data
 from app.training.evaluate import (
     METHODS,
     evaluate,
-    headline_markdown,
     merge_reports,
-    per_layer_markdown,
+    report_markdown,
+    report_tables,
     update_manifest_metrics,
     write_report,
 )
 from app.training.plot import (
+    calibration_data,
     figure_data,
     learning_curve_data,
     load_paper_reference,
+    render_calibration,
     render_figure,
     render_learning_curve,
 )
+from app.training.regression import write_regression_slice
 from app.training.train import TrainConfig, resume_key, train_prompts
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
@@ -218,13 +221,13 @@ def run_eval(options: EvalOptions) -> Path:
     curve_path = reports / "learning_curve.json"
     if curve_path.is_file():
         report["learning_curve"] = json.loads(curve_path.read_text())
-    path = write_report(report, reports)
     paper = load_paper_reference(options.paper_reference)
+    report["tables"] = report_tables(report, paper)
+    path = write_report(report, reports)
     render_figure(figure_data(report, paper), reports / "eval")
-    table = per_layer_markdown(report)
-    atomic_write_text(
-        reports / "eval.md", headline_markdown(report, paper) + "\nPrecision@1 per layer (N=0/1/2/3):\n\n" + table
-    )
+    render_calibration(calibration_data(report), reports / "calibration")
+    atomic_write_text(reports / "eval.md", report_markdown(report))
     if prompts is not None:
         update_manifest_metrics(model, prompts, report)
+        write_regression_slice(model, prompts, dataset.dev)
     return path

@@ -9,15 +9,7 @@ import json
 from pathlib import Path
 
 from app.atomic import atomic_path
-
-LABELS = {
-    "learned_prompt": "learned prompt",
-    "fixed_prompt": "fixed prompt",
-    "logit_lens": "logit lens",
-    "bigram": "bigram",
-    "linear_model": "linear model approx.",
-    "linear_vocab": "linear vocab probe",
-}
+from app.training.evaluate import LABELS
 
 COLORS = {label: f"C{index}" for index, label in enumerate(LABELS.values())}
 
@@ -121,6 +113,54 @@ def render_learning_curve(data: dict, stem: Path) -> list[Path]:
     axis.set_title(data["title"], fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
+    paths = _save(figure, stem)
+    plt.close(figure)
+    return paths
+
+
+def calibration_data(report: dict) -> dict:
+    """Reliability diagrams: per panel (first token, cell mean probability) one series per method, x = mean
+    confidence of a bin, y = how often it was right; bins with fewer than 20 cells are left out."""
+    panels: dict[str, list[dict]] = {"first_token": [], "mean_prob": []}
+    for method, result in report["methods"].items():
+        for panel, series in panels.items():
+            bins = [b for b in result.get("calibration", {}).get(panel, {}).get("bins", []) if b["count"] >= 20]
+            if bins:
+                series.append(
+                    {
+                        "label": LABELS.get(method, method),
+                        "x": [round(b["confidence"], 4) for b in bins],
+                        "y": [round(b["accuracy"], 4) for b in bins],
+                        "count": [b["count"] for b in bins],
+                    }
+                )
+    return {"title": f"{report['model_id']}: calibration on held-out text (free-running, all layers)", "panels": panels}
+
+
+def render_calibration(data: dict, stem: Path) -> list[Path]:
+    """Draw `calibration_data` output (diagonal = perfectly calibrated) to `<stem>.png` and `<stem>.svg`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {"first_token": "first token: its probability", "mean_prob": "cell (N=4): mean probability"}
+    ylabels = {"first_token": "fraction right", "mean_prob": "fraction of its tokens right"}
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for axis, (panel, series) in zip(axes, data["panels"].items(), strict=True):
+        axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="calibrated")
+        for item in series:
+            axis.plot(
+                item["x"], item["y"], marker="o", markersize=3, color=COLORS.get(item["label"]), label=item["label"]
+            )
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_title(titles[panel], fontsize=9)
+        axis.set_xlabel("lens probability (bin mean)")
+        axis.set_ylabel(ylabels[panel])
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper left")
+    figure.suptitle(data["title"], fontsize=10)
     paths = _save(figure, stem)
     plt.close(figure)
     return paths

@@ -174,7 +174,8 @@ def train_prompts(
     if state is None:
         initial = init_prompts(model, len(layers), config.prompt_len, config.init, config.seed)
         state = RunState(initial, {"state": {}}, losses=[[] for _ in config.layers])
-    prompts = torch.nn.Parameter(state.prompts.to(model.device, model.dtype))
+    # The trainable prompts stay float32 whatever the model's dtype: AdamW's small steps would round away in bf16.
+    prompts = torch.nn.Parameter(state.prompts.to(model.device, torch.float32))
     optimizer = make_optimizer(prompts, config, state.optimizer)
     logp = original_log_probs_table(model, dev)
     groups = layers.split(config.layers_per_group)
@@ -190,7 +191,8 @@ def train_prompts(
         optimizer.zero_grad(set_to_none=True)
         offset = 0
         for group in groups:
-            per_layer = group_loss(model, prompts[offset : offset + len(group)], group, batch, config.targets)
+            chunk = prompts[offset : offset + len(group)].to(model.dtype)  # a differentiable cast for the forward
+            per_layer = group_loss(model, chunk, group, batch, config.targets)
             per_layer.sum().backward()
             for i, value in enumerate(per_layer.tolist()):
                 state.losses[offset + i].append(round(value, 5))

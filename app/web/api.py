@@ -121,6 +121,7 @@ def healthz(request: Request) -> dict[str, object]:
         "status": "ok",
         "model": model.id,
         "fingerprint": model.fingerprint,
+        "quantization": model.quantization,
         "device": str(model.device),
         "dtype": model.dtype_name,
         "prompt_layers": sorted(prompts.prompts) if prompts else [],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -14,8 +15,8 @@ from app.lens.lenses import PAPER_FIXED_PROMPT
 from app.service import GridRequest, InvalidRequestError, parse_request
 from app.store import is_grid_id
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of, permalink_path
-from app.web.render import grid_view, infer_stride
-from app.web.reports import load_eval_report
+from app.web.render import GridView, grid_view, infer_stride
+from app.web.reports import PLOTS, load_eval_report, plot_path, served_calibration
 
 router = APIRouter(include_in_schema=False)
 
@@ -69,12 +70,22 @@ def render(request: Request, template: str, status: int = 200, **context: object
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
-def page_context(keeper: GridKeeper, form: FormState, kept: KeptGrid | None = None) -> dict[str, object]:
+def kept_view(kept: KeptGrid, reports_dir: Path) -> GridView:
+    """A kept grid ready to render, its legend saying how often cells of each shade were right (if measured)."""
+    grid = kept.grid
+    model = grid.model
+    calibration = served_calibration(reports_dir, model.id, model.fingerprint, grid.method, grid.prompt)
+    return grid_view(grid, kept.id, permalink_path(kept.id), kept.cached, calibration)
+
+
+def page_context(
+    request: Request, keeper: GridKeeper, form: FormState, kept: KeptGrid | None = None
+) -> dict[str, object]:
     """Context of the main page: the form (the future lens only offered when it can run) and maybe a grid."""
     future = future_availability(keeper)
     if not future.available and form.method == "future" and kept is None:
         form = replace(form, method="logit")
-    view = grid_view(kept.grid, kept.id, permalink_path(kept.id), kept.cached) if kept else None
+    view = kept_view(kept, request.app.state.reports_dir) if kept else None
     return {"form": form, "future": future, "view": view}
 
 
@@ -95,7 +106,7 @@ def form_request(keeper: GridKeeper, form: FormState) -> GridRequest:
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
     """The page: a form pre-filled with an example."""
-    return render(request, "index.html", **page_context(keeper_of(request), FormState()))
+    return render(request, "index.html", **page_context(request, keeper_of(request), FormState()))
 
 
 @router.post("/grid", response_class=HTMLResponse)
@@ -119,10 +130,10 @@ def submit_grid(
         problem = {"field": field, "message": error.message}
         if is_htmx:
             return render(request, "_error.html", status=422, error=problem)
-        return render(request, "index.html", status=422, error=problem, **page_context(keeper, form))
+        return render(request, "index.html", status=422, error=problem, **page_context(request, keeper, form))
     if not is_htmx:
         return RedirectResponse(permalink_path(kept.id), status_code=303)
-    response = render(request, "_result.html", **page_context(keeper, form, kept))
+    response = render(request, "_result.html", **page_context(request, keeper, form, kept))
     response.headers["HX-Push-Url"] = permalink_path(kept.id)
     return response
 
@@ -149,7 +160,7 @@ def stored_grid_page(request: Request, grid_id: str) -> HTMLResponse:
     if kept is None:
         return render(request, "not_found.html", status=404, grid_id=grid_id)
     form = form_from_stored(kept, keeper.service.model.adapter.n_layers)
-    return render(request, "index.html", **page_context(keeper, form, kept))
+    return render(request, "index.html", **page_context(request, keeper, form, kept))
 
 
 @router.get("/about", response_class=HTMLResponse)
@@ -157,7 +168,8 @@ def about(request: Request) -> HTMLResponse:
     """What the grid means, the method, and the served model's evaluation report if there is one."""
     keeper = keeper_of(request)
     prompts = keeper.service.soft_prompts
-    report = load_eval_report(request.app.state.reports_dir, keeper.service.model.id)
+    model = keeper.service.model
+    report = load_eval_report(request.app.state.reports_dir, model.id, model.fingerprint)
     return render(
         request,
         "about.html",
@@ -165,13 +177,31 @@ def about(request: Request) -> HTMLResponse:
         prompt_layers=sorted(prompts.prompts) if prompts else [],
         fixed_prompt=PAPER_FIXED_PROMPT,
         future=future_availability(keeper),
+        plot_captions=PLOTS,
     )
+
+
+def plot_response(request: Request, stem: str) -> Response:
+    """The served model's plot `stem` (a fixed name: the path comes from the configuration, never the request)."""
+    path = plot_path(request.app.state.reports_dir, keeper_of(request).service.model.id, stem)
+    if path is None:
+        return Response(f"no {stem} plot for this model yet", status_code=404, media_type="text/plain")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.get("/about/eval.png")
 def eval_plot(request: Request) -> Response:
-    """The served model's evaluation plot (its path comes from the configuration, never from the request)."""
-    report = load_eval_report(request.app.state.reports_dir, keeper_of(request).service.model.id)
-    if report.plot is None:
-        return Response("no evaluation plot for this model yet", status_code=404, media_type="text/plain")
-    return FileResponse(report.plot, media_type="image/png")
+    """Precision@1 against depth for every method."""
+    return plot_response(request, "eval")
+
+
+@router.get("/about/calibration.png")
+def calibration_plot(request: Request) -> Response:
+    """Reliability diagrams of the lenses' probabilities."""
+    return plot_response(request, "calibration")
+
+
+@router.get("/about/learning_curve.png")
+def learning_curve_plot(request: Request) -> Response:
+    """The learned prompts' held-out precision against training examples."""
+    return plot_response(request, "learning_curve")

@@ -16,9 +16,12 @@ from markupsafe import Markup, escape
 from app.lens.display import WHITESPACE_MARKS
 from app.lens.grid import Grid
 from app.lens.layers import strided_layers
+from app.web.reports import CALIBRATION_N, Calibration
 
 N_BUCKETS = 10
 EMPTY_TOKEN_MARK = "∅"
+#: A shade's measured share of right cells is shown only when at least this many held-out cells had that shade.
+MIN_BIN_CELLS = 20
 
 
 def marked_text(text: str) -> Markup:
@@ -45,6 +48,51 @@ def percent(prob: float) -> str:
     if value >= 0.05:
         return f"{value:.1f}%"
     return "<0.1%"
+
+
+@dataclass(frozen=True)
+class ShadeShare:
+    """One shade's measured share of right cells on held-out text (`text` is "–" when too few cells had it)."""
+
+    text: str
+    description: str
+
+
+@dataclass(frozen=True)
+class LegendCalibration:
+    """The legend's second row under the colour scale, from the served model's evaluation report."""
+
+    shares: list[ShadeShare]
+    sentence: str
+
+
+def shade_share(low: float, high: float, count: int, accuracy: float | None) -> ShadeShare:
+    """A bin as legend text: `37%`, or `–` below MIN_BIN_CELLS cells."""
+    shade = f"cells shaded {low * 100:.0f}–{high * 100:.0f}%"
+    if accuracy is None or count < MIN_BIN_CELLS:
+        return ShadeShare("–", f"{shade}: only {count} held-out cells, too few to say")
+    return ShadeShare(f"{accuracy * 100:.0f}%", f"{shade}: right {accuracy * 100:.0f}% of the time ({count} cells)")
+
+
+def legend_calibration(calibration: Calibration | None, n_future: int) -> LegendCalibration | None:
+    """Per shade, how often held-out cells of that shade were right, and one sentence saying what was measured."""
+    if calibration is None:
+        return None
+    shares = [shade_share(b.low, b.high, b.count, b.accuracy) for b in calibration.bins]
+    too_few = f"– means fewer than {MIN_BIN_CELLS} cells had that shade."
+    if calibration.measure == "first_token":
+        sentence = (
+            f"Second row: of {calibration.n} held-out cells (dev split, all evaluated layers), the share of each "
+            f"shade whose token was the model's actual next token; {too_few}"
+        )
+    else:
+        sentence = (
+            f"Second row: of {calibration.n} held-out cells (dev split, all evaluated layers, N = {CALIBRATION_N} "
+            f"tokens each), the share of each shade's tokens that were the model's own continuation; {too_few}"
+        )
+        if n_future != CALIBRATION_N:
+            sentence += f" This grid has N = {n_future}, so its shades average over a different number of tokens."
+    return LegendCalibration(shares, sentence)
 
 
 @dataclass(frozen=True)
@@ -76,6 +124,12 @@ class GridView:
     permalink: str
     cached: bool
     rows: list[RowView]
+    calibration: LegendCalibration | None = None
+
+    @property
+    def borrowed_rows(self) -> list[RowView]:
+        """Rows computed with another layer's trained prompt."""
+        return [row for row in self.rows if row.borrowed]
 
     @property
     def n_rows(self) -> int:
@@ -109,8 +163,11 @@ class GridView:
         }
 
 
-def grid_view(grid: Grid, grid_id: str, permalink: str, cached: bool) -> GridView:
-    """Rows of cells with their shade and whether the first predicted token is the model's actual next token."""
+def grid_view(
+    grid: Grid, grid_id: str, permalink: str, cached: bool, calibration: Calibration | None = None
+) -> GridView:
+    """Rows of cells with their shade and whether the first predicted token is the model's actual next token;
+    `calibration` (the served model's measured one for this grid's method) adds the legend's second row."""
     next_ids = [token.id for token in grid.next_tokens]
     rows = []
     for index, (layer, row) in enumerate(zip(grid.layers, grid.cells, strict=True)):
@@ -125,7 +182,7 @@ def grid_view(grid: Grid, grid_id: str, permalink: str, cached: bool) -> GridVie
         ]
         prompt_layer = grid.prompt_layers[index] if grid.prompt_layers else None
         rows.append(RowView(layer, prompt_layer, cells))
-    return GridView(grid, grid_id, permalink, cached, rows)
+    return GridView(grid, grid_id, permalink, cached, rows, legend_calibration(calibration, grid.n_future))
 
 
 def infer_stride(layers: list[int], n_layers: int) -> int | None:

@@ -1,107 +1,246 @@
-"""The evaluation report of the served model's prompts, for /about: `reports/<model>/eval.png` and `eval.json`.
+"""The served model's evaluation report (`reports/<model>/eval.json` and its plots), for /about and the legend.
 
-Both files are optional (they appear once the prompts are trained and evaluated); the JSON's exact layout is the
-training code's business, so it is turned into a table generically: the first list of records, or a mapping of
-records, with nested mappings flattened into `a.b` columns.
+`future-lens eval` writes the report; this module reads the parts the pages show, explicitly: the `tables` list,
+a few facts, the plots by fixed names, and per method the measured calibration of its probabilities. Anything
+missing or malformed is reported as a note, never raised.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-MAX_ROWS = 200
-MAX_COLUMNS = 24
-ROW_KEYS = ("rows", "layers", "results", "table", "per_layer", "metrics")
+from app.lens.lenses import PAPER_FIXED_PROMPT
+
+#: The plots /about shows, by the fixed file stem served at `/about/<stem>.png`, with their captions.
+PLOTS: dict[str, str] = {
+    "eval": "precision@1 against relative depth for every method (the paper's Figure 4, this model)",
+    "calibration": "reliability diagrams: how often a prediction of probability p was right on held-out text",
+    "learning_curve": "learned prompt precision@1 on held-out text against training examples seen",
+}
+#: Where a plot goes on the page: after the table it illustrates (else after all tables).
+PLOT_AFTER = {"eval": "headline_free_running", "calibration": "calibration"}
+#: Tokens per cell over which `mean_prob` calibration is measured (app/training/evaluate.py: MAX_N + 1).
+CALIBRATION_N = 4
+N_BINS = 10
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportTable:
+    """One of the report's tables: `name` (stable id), caption, header and rows of text."""
+
+    name: str
+    caption: str
     columns: list[str]
     rows: list[list[str]]
-    facts: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalReport:
-    """What exists of the report: the plot's path and the table, each possibly missing."""
+    """What the page shows of the report; `exists` is False when there is no eval.json."""
 
-    plot: Path | None
-    table: ReportTable | None
-    error: str | None = None
+    exists: bool
+    plots: list[str] = field(default_factory=list)
+    tables: list[ReportTable] = field(default_factory=list)
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
-
-def format_value(value: object) -> str:
-    """Numbers to 3 significant decimals, lists joined, everything else as text."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    if isinstance(value, list) and len(value) <= 8 and all(not isinstance(v, dict | list) for v in value):
-        return ", ".join(format_value(v) for v in value)
-    if isinstance(value, dict | list):
-        return json.dumps(value)[:80]
-    return str(value)
-
-
-def flatten(record: dict[str, object], prefix: str = "", depth: int = 0) -> dict[str, object]:
-    """`{"p@1": {"N1": 0.4}}` → `{"p@1.N1": 0.4}` (two levels deep at most)."""
-    flat: dict[str, object] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and depth < 2:
-            flat.update(flatten(value, f"{name}.", depth + 1))
-        else:
-            flat[name] = value
-    return flat
+    def sections(self) -> list[tuple[ReportTable | None, list[str]]]:
+        """Reading order: each table followed by the plots that illustrate it, then the remaining plots."""
+        names = {table.name for table in self.tables}
+        placed = {stem: PLOT_AFTER[stem] for stem in self.plots if PLOT_AFTER.get(stem) in names}
+        sections: list[tuple[ReportTable | None, list[str]]] = [
+            (table, [stem for stem in self.plots if placed.get(stem) == table.name]) for table in self.tables
+        ]
+        rest = [stem for stem in self.plots if stem not in placed]
+        return [*sections, (None, rest)] if rest else sections
 
 
-def _records(data: object) -> tuple[list[dict[str, object]], str | None] | None:
-    """The tabular part of `data`: a list of records, or a mapping key → record (key becomes the first column)."""
-    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
-        return data, None
-    if not isinstance(data, dict):
+@dataclass(frozen=True)
+class CalibrationBin:
+    low: float
+    high: float
+    count: int
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured reliability of one method's cell colour: per probability bin, how often such cells were right."""
+
+    method: str  # the report's method key: learned_prompt, fixed_prompt, logit_lens
+    measure: str  # "mean_prob" (share of a cell's CALIBRATION_N tokens right) or "first_token"
+    bins: list[CalibrationBin]
+    n: int
+
+
+def report_folder(reports_dir: Path, model_id: str) -> Path:
+    return reports_dir / model_id
+
+
+@lru_cache(maxsize=16)
+def _parsed(path: str, mtime_ns: int, size: int) -> object:
+    """The JSON of `path` as of (mtime, size): re-read only when the file changes."""
+    return json.loads(Path(path).read_text())
+
+
+def read_report_json(reports_dir: Path, model_id: str) -> object | None:
+    """The parsed eval.json of `model_id` (cached by mtime), None if absent; ValueError/OSError if unreadable."""
+    path = report_folder(reports_dir, model_id) / "eval.json"
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         return None
-    keys = [k for k in ROW_KEYS if k in data] + [k for k in data if k not in ROW_KEYS]
-    for key in keys:
-        value = data[key]
-        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            return value, None
-        if isinstance(value, dict) and value and all(isinstance(item, dict) for item in value.values()):
-            return [{key: name, **record} for name, record in value.items()], key
-    if data and all(isinstance(item, dict) for item in data.values()):
-        return [{"key": name, **record} for name, record in data.items()], "key"
+    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def plot_path(reports_dir: Path, model_id: str, stem: str) -> Path | None:
+    """The path of plot `stem` (a key of PLOTS, never request text) if the file exists."""
+    if stem not in PLOTS:
+        return None
+    path = report_folder(reports_dir, model_id) / f"{stem}.png"
+    return path if path.is_file() else None
+
+
+def parse_table(item: object) -> ReportTable | None:
+    """A `tables` entry as a ReportTable; None when it lacks a name, columns or rows of the right kinds."""
+    if not isinstance(item, dict):
+        return None
+    columns, rows = item.get("columns"), item.get("rows")
+    if not isinstance(item.get("name"), str) or not isinstance(columns, list) or not isinstance(rows, list):
+        return None
+    if not all(isinstance(row, list) for row in rows):
+        return None
+    return ReportTable(
+        name=item["name"],
+        caption=str(item.get("caption", "")),
+        columns=[str(column) for column in columns],
+        rows=[[str(value) for value in row] for row in rows],
+    )
+
+
+def layer_ranges(layers: list[int]) -> str:
+    """`[0, 1, 2, 5, 7, 8]` → `0–2, 5, 7–8`."""
+    parts: list[str] = []
+    start = previous = None
+    for layer in [*sorted(layers), None]:
+        if previous is not None and layer == previous + 1:
+            previous = layer
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}–{previous}")
+        start = previous = layer
+    return ", ".join(parts)
+
+
+def prompt_training(prompts: dict) -> str:
+    """The report's `prompts` summary in one line: examples per layer, steps × batch, learning rate, objective."""
+    parts = []
+    if "examples" in prompts:
+        parts.append(f"{prompts['examples']} examples per layer")
+    if "steps" in prompts:
+        parts.append(f"{prompts['steps']} steps" + (f" of batch {prompts['batch']}" if "batch" in prompts else ""))
+    for key, label in (("lr", "learning rate"), ("objective", "objective"), ("init", "initialised from")):
+        if key in prompts:
+            parts.append(f"{label} {prompts[key]}")
+    return " · ".join(parts)
+
+
+def report_facts(data: dict, fingerprint: str) -> list[tuple[str, str]]:
+    """The report's context: what was evaluated, on how much text, with which prompts, under which protocol."""
+    facts: list[tuple[str, str]] = []
+    layers = data.get("layers")
+    if isinstance(layers, list) and all(isinstance(layer, int) for layer in layers) and layers:
+        facts.append(("layers evaluated", f"{layer_ranges(layers)} ({len(layers)})"))
+    for key, label in (("dev_examples", "dev examples (held out)"), ("train_examples_available", "train examples")):
+        if key in data:
+            facts.append((label, str(data[key])))
+    prompts = data.get("prompts")
+    if isinstance(prompts, dict) and prompts:
+        facts.append(("prompt training", prompt_training(prompts)))
+    if "protocol" in data:
+        facts.append(("protocol", str(data["protocol"])))
+    if "model_quantization" in data:
+        facts.append(("weights evaluated", str(data["model_quantization"] or "as published (not quantised)")))
+    if "model_fingerprint" in data:
+        whose = "the served weights" if data["model_fingerprint"] == fingerprint else "not the served weights"
+        facts.append(("weights fingerprint", f"{data['model_fingerprint']} ({whose})"))
+    return facts
+
+
+def load_eval_report(reports_dir: Path, model_id: str, fingerprint: str) -> EvalReport:
+    """Read `reports/<model_id>/`: eval.json's tables and facts, and which plots exist; problems become notes."""
+    plots = [stem for stem in PLOTS if plot_path(reports_dir, model_id, stem)]
+    try:
+        data = read_report_json(reports_dir, model_id)
+    except (OSError, ValueError) as problem:
+        return EvalReport(True, plots, notes=[f"eval.json could not be read: {problem}"])
+    if data is None:
+        return EvalReport(bool(plots), plots)
+    if not isinstance(data, dict):
+        return EvalReport(True, plots, notes=["eval.json is not a JSON object: not a report this version reads"])
+    notes = []
+    if data.get("model_fingerprint", fingerprint) != fingerprint:
+        notes.append(
+            f"This report was computed on weights with fingerprint {data['model_fingerprint']}, the server runs "
+            f"{fingerprint}: its numbers may not describe the served weights."
+        )
+    raw_tables = data.get("tables")
+    if raw_tables is None:
+        notes.append("This report predates the current format (it has no tables): run `future-lens eval` again.")
+        return EvalReport(True, plots, [], report_facts(data, fingerprint), notes)
+    items = raw_tables if isinstance(raw_tables, list) else []
+    tables = [table for table in map(parse_table, items) if table is not None]
+    if len(tables) < len(items) or not isinstance(raw_tables, list):
+        notes.append("Some of the report's tables could not be read and are left out.")
+    return EvalReport(True, plots, tables, report_facts(data, fingerprint), notes)
+
+
+def report_method(method: str, prompt: str | None) -> tuple[str, str] | None:
+    """The report's (method, measure) whose calibration describes a grid's colours, or None if none does."""
+    if method == "future":
+        return "learned_prompt", "mean_prob"
+    if method == "fixed" and prompt == PAPER_FIXED_PROMPT:
+        return "fixed_prompt", "mean_prob"
+    if method == "logit":
+        return "logit_lens", "first_token"
     return None
 
 
-def report_table(data: object) -> ReportTable | None:
-    """A table (columns, formatted rows) plus the top-level scalar facts, or None when nothing is tabular."""
-    found = _records(data)
-    facts = []
-    if isinstance(data, dict):
-        facts = [(k, format_value(v)) for k, v in data.items() if not isinstance(v, dict | list)][:MAX_COLUMNS]
-    if found is None:
-        return ReportTable([], [], facts) if facts else None
-    records, _ = found
-    flat = [flatten(record) for record in records[:MAX_ROWS]]
-    columns: list[str] = []
-    for record in flat:
-        columns.extend(key for key in record if key not in columns)
-    columns = columns[:MAX_COLUMNS]
-    rows = [[format_value(record.get(column, "")) for column in columns] for record in flat]
-    return ReportTable(columns, rows, facts)
+def parse_bin(item: dict) -> CalibrationBin:
+    accuracy = item.get("accuracy")
+    return CalibrationBin(
+        low=float(item["low"]),
+        high=float(item["high"]),
+        count=int(item["count"]),
+        accuracy=None if accuracy is None else float(accuracy),
+    )
 
 
-def load_eval_report(reports_dir: Path, model_id: str) -> EvalReport:
-    """Read `reports/<model_id>/eval.{png,json}` if present; a malformed JSON is reported, never raised."""
-    folder = reports_dir / model_id
-    plot = folder / "eval.png"
-    table, error = None, None
-    source = folder / "eval.json"
-    if source.is_file():
-        try:
-            table = report_table(json.loads(source.read_text()))
-        except (OSError, ValueError) as problem:
-            error = f"{source.name} could not be read: {problem}"
-    return EvalReport(plot if plot.is_file() else None, table, error)
+def calibration_of(data: object, method: str, prompt: str | None, fingerprint: str) -> Calibration | None:
+    """The measured calibration for a grid of `method` (and fixed `prompt`) on the served weights, if reported."""
+    target = report_method(method, prompt)
+    if target is None or not isinstance(data, dict) or data.get("model_fingerprint", fingerprint) != fingerprint:
+        return None
+    try:
+        reliability = data["methods"][target[0]]["calibration"][target[1]]
+        bins = [parse_bin(item) for item in reliability["bins"]]
+        n = int(reliability["n"])
+    except (AttributeError, KeyError, TypeError, ValueError):  # any other layout: no measured legend
+        return None
+    if len(bins) != N_BINS:
+        return None
+    return Calibration(target[0], target[1], bins, n)
+
+
+def served_calibration(
+    reports_dir: Path, model_id: str, fingerprint: str, method: str, prompt: str | None
+) -> Calibration | None:
+    """`calibration_of` the served model's report; None when it is missing or unreadable."""
+    try:
+        data = read_report_json(reports_dir, model_id)
+    except (OSError, ValueError):
+        return None
+    return calibration_of(data, method, prompt, fingerprint)
