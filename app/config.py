@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     db_path: Path = Path("future-lens.sqlite3")
     prompt_dir: Path | None = None
     max_queue: int = Field(16, description="grids waiting for the model at most; more get 503 + Retry-After")
+    rate_limit_per_minute: float | None = Field(
+        None, description="grids one client address may start per minute (token bucket; unset: no limit)"
+    )
+    rate_limit_burst: int = Field(10, description="grids one client may start at once before the rate applies")
     request_timeout_s: float = Field(120.0, description="deadline of one grid request; later answers are 504")
     assets_dir: Path | None = Field(
         None, description="folder holding templates/, static/ and reports/ (default: the source checkout, else cwd)"

@@ -166,3 +166,23 @@ def test_half_precision_engine_agrees_with_naive(tiny_model: LoadedModel, dtype:
     same = (engine.token_ids == naive.token_ids).all(dim=1)
     assert same.float().mean() >= 0.8, "rounding may flip near-ties, not most phrases"
     torch.testing.assert_close(engine.probs[same], naive.probs[same], atol=tolerance, rtol=0)
+
+
+def test_chunk_rows_are_sized_from_the_model_shape_and_free_memory(embedded_dir) -> None:
+    """GPT-J-6B in bf16 at P=10, N=8: ~8 GB of KV cache per 1024 rows; chunks fit the memory share and the caps."""
+    from transformers import AutoConfig, GPTJConfig
+
+    from app.lens.engine import MAX_CHUNK_ROWS, MEMORY_SHARE, bytes_per_row, rows_that_fit
+
+    gptj = bytes_per_row(GPTJConfig(), torch.bfloat16, positions=10 + 8 - 1)
+    kv_only = 28 * 2 * 16 * 256 * 17 * 2  # blocks × (K, V) × heads × head_dim × positions × bytes
+    assert kv_only < gptj < kv_only * 1.1 and 7.5e9 < 1024 * kv_only < 8.5e9
+    assert rows_that_fit(gptj, 139 << 30, "cuda") == MAX_CHUNK_ROWS["cuda"]  # an idle H200: the cap
+    rows = rows_that_fit(gptj, 8 << 30, "cuda")
+    assert 500 < rows < 1024 and rows * gptj <= MEMORY_SHARE["cuda"] * (8 << 30)
+    smol = AutoConfig.from_pretrained(embedded_dir)  # 30 blocks, 3 KV heads of 64, vocab 49152
+    per_row = bytes_per_row(smol, torch.float32, positions=13)
+    assert 30 * 2 * 3 * 64 * 13 * 4 < per_row < 2e6
+    assert rows_that_fit(per_row, 16 << 30, "cpu") == MAX_CHUNK_ROWS["cpu"]
+    assert 8 <= rows_that_fit(per_row, 100 << 20, "cpu") < 32  # little memory free: small chunks
+    assert bytes_per_row(smol, torch.float32, 20) > per_row  # longer N, fewer rows

@@ -14,11 +14,12 @@ masks, cache positions); the saving is ~(l+1)/(L*N) of the block work, about 13 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
 
 from app.lens.interventions import distinct, patch_block_outputs
@@ -50,9 +51,47 @@ class CellPredictions:
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys and values, [rows, heads, positions, d_head]
 
 
-def default_chunk_rows(model: LoadedModel) -> int:
-    """Rows per forward: bounded so the per-row KV cache and last-position logits stay within a few hundred MB."""
-    return 1024 if model.device.type == "cuda" else 512
+#: Most rows per forward: on CPU larger chunks stopped paying off in `make bench` (512); on a GPU memory decides.
+MAX_CHUNK_ROWS = {"cpu": 512, "cuda": 4096}
+#: Share of the free memory one chunk may use (the rest: the model's own activations, other requests, fragmentation).
+MEMORY_SHARE = {"cpu": 0.25, "cuda": 0.6}
+
+
+def bytes_per_row(config: PretrainedConfig, dtype: torch.dtype, positions: int) -> int:
+    """Memory one decoded row needs: its KV cache over `positions` (context + N - 1) in every block, plus its
+    last-position logits (model dtype, float32 softmax, top-k) and one block's widest activation."""
+    config = config.get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    size = torch.empty((), dtype=dtype).element_size()
+    kv_cache = config.num_hidden_layers * 2 * kv_heads * head_dim * positions * size
+    logits = config.vocab_size * (size + 4 + 4)
+    widest = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    return kv_cache + logits + 2 * widest * size
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free now: `torch.cuda.mem_get_info` on CUDA, available physical memory on the CPU (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+def rows_that_fit(per_row: int, free: int, device_type: str) -> int:
+    """Rows per chunk for `free` bytes: the device's share of it, between 8 and the device's cap."""
+    cap = MAX_CHUNK_ROWS.get(device_type, MAX_CHUNK_ROWS["cpu"])
+    share = MEMORY_SHARE.get(device_type, MEMORY_SHARE["cpu"])
+    return max(8, min(cap, int(free * share) // per_row))
+
+
+def default_chunk_rows(model: LoadedModel, positions: int) -> int:
+    """Rows per forward for contexts + decode of `positions` positions, sized to the memory free right now."""
+    per_row = bytes_per_row(model.hf.config, model.dtype, positions)
+    return rows_that_fit(per_row, free_memory(model.device), model.device.type)
 
 
 def full_cache(model: LoadedModel, capacity: int = 0) -> DynamicCache:
@@ -205,7 +244,7 @@ def decode_patched(
     """
     if n_future < 1:
         raise ValueError("n_future must be at least 1")
-    chunk_rows = chunk_rows or default_chunk_rows(model)
+    chunk_rows = chunk_rows or default_chunk_rows(model, max(len(c) for c in cells.contexts) + n_future - 1)
     device, dtype = model.device, model.dtype
     context_index, layers = cells.context_index.to(device), cells.layers.to(device)
     states = cells.states.to(device, dtype)

@@ -39,6 +39,7 @@ LENS_EXAMPLES = {
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorBody, "description": "invalid request: `field` names the offending field"},
     413: {"model": ErrorBody, "description": "the request body is larger than the configured limit"},
+    429: {"model": ErrorBody, "description": "this client started too many grids (rate limit, when configured)"},
     503: {"model": ErrorBody, "description": "too many grids are waiting: retry after `Retry-After` seconds"},
     504: {"model": ErrorBody, "description": "the grid was not computed within the server's deadline"},
 }

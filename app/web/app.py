@@ -17,6 +17,7 @@ from app.web import api, docs, pages
 from app.web.bodylimit import install_body_limit
 from app.web.errors import install_error_handlers
 from app.web.keeper import GridKeeper
+from app.web.ratelimit import RateLimit, TokenBuckets
 from app.web.render import asset_version, template_environment
 from app.worker import InferenceWorker
 
@@ -75,6 +76,8 @@ def create_app(
 
     install_error_handlers(app)
     install_body_limit(app, get_limits().max_body_bytes)
+    if settings.rate_limit_per_minute is not None:
+        app.add_middleware(RateLimit, buckets=TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst))
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
