@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -22,7 +22,7 @@ DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ... or auto")
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto")]
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print an error for a person and exit non-zero (2: bad input)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -47,6 +47,45 @@ def render_grid(grid: Grid, width: int = 14) -> str:
     return "\n".join(lines)
 
 
+OUTPUT_FORMATS = ("table", "json", "svg", "png", "csv", "html")
+
+
+def check_output(fmt: str, as_json: bool, tokens: str | None, scale: float, chars: int, output: Path | None) -> str:
+    """The output format the options ask for; exits with code 2 when they contradict each other."""
+    from app.export.png import PngSizeError, check_scale
+    from app.export.svg import check_max_chars
+
+    if as_json and fmt not in ("table", "json"):
+        fail(f"--json and --format {fmt} ask for two formats: use one")
+    fmt = "json" if as_json else fmt
+    if fmt not in OUTPUT_FORMATS:
+        fail(f"format: {fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    if tokens is not None and fmt in ("table", "json"):
+        fail("--tokens selects what svg, png, csv and html show: use it with one of those formats")
+    try:
+        check_scale(scale)
+        check_max_chars(chars)
+    except (PngSizeError, ValueError) as error:
+        fail(str(error))
+    if fmt == "png" and output is None and sys.stdout.isatty():
+        fail("a PNG is binary: write it to a file with -o FILE")
+    return fmt
+
+
+def grid_output(result: Grid, fmt: str, tokens: str | None, scale: float, chars: int) -> bytes:
+    """The computed grid as the bytes of `fmt` (exports show the grid's columns that `tokens` names)."""
+    from app.export import PngSizeError, SelectionError, export, select
+
+    if fmt == "table":
+        return (render_grid(result) + "\n").encode()
+    if fmt == "json":
+        return (result.model_dump_json(indent=2) + "\n").encode()
+    try:
+        return export(result, fmt, select(result, None, tokens), scale, max_chars=chars).content
+    except (SelectionError, PngSizeError) as error:
+        fail(str(error))
+
+
 @cli.command()
 def grid(
     text: Annotated[str, typer.Argument(help="the input text")],
@@ -56,7 +95,14 @@ def grid(
     top_k: Annotated[int, typer.Option(help="alternatives kept for the first token")] = 5,
     prompt: Annotated[str | None, typer.Option(help="fixed lens: the prompt text")] = None,
     prompt_dir: Annotated[Path | None, typer.Option(help="future lens: folder of trained soft prompts")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the grid JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the grid JSON (same as --format json)")] = False,
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help="table, json, svg, png, csv or html (see README: Export)")
+    ] = "table",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to this file, not stdout")] = None,
+    tokens: Annotated[str | None, typer.Option(help="svg/png/csv/html: token positions shown, e.g. 2:8")] = None,
+    scale: Annotated[float, typer.Option(help="png: pixels per SVG unit")] = 2.0,
+    chars: Annotated[int, typer.Option(help="svg/png: characters drawn per cell (fewer: narrower)")] = 20,
     model: ModelOption = DEFAULT_MODEL,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -64,13 +110,25 @@ def grid(
     """Compute the grid of TEXT: one row per layer, one column per token."""
     from app.service import InvalidRequestError, LensService, parse_request
 
+    fmt = check_output(output_format, as_json, tokens, scale, chars, output)
     try:
         request = parse_request(text=text, method=method, layers=layers, n_future=n_future, top_k=top_k, prompt=prompt)
         service = LensService.load(model, device=device, dtype=dtype, prompt_dir=prompt_dir)
         result = service.compute(request)
     except (InvalidRequestError, ValueError, RuntimeError) as error:
         fail(str(error))
-    typer.echo(result.model_dump_json(indent=2) if as_json else render_grid(result))
+    content = grid_output(result, fmt, tokens, scale, chars)
+    if output is None and fmt == "png":
+        sys.stdout.buffer.write(content)
+        return
+    if output is None:
+        typer.echo(content.decode(), nl=False)
+        return
+    try:
+        output.write_bytes(content)
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror}")
+    typer.echo(f"wrote {output}")
 
 
 @cli.command()
@@ -126,18 +184,25 @@ def import_prompt(
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite file for permalinks")] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="SQLite file for permalinks (unused when FUTURE_LENS_DB_URL is set)")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="catalog id or local model directory")] = None,
 ) -> None:
     """Start the web app (uvicorn)."""
     import uvicorn
 
     from app.config import Settings
+    from app.store import StoreError
     from app.web.app import create_app
 
     overrides = {k: v for k, v in {"host": host, "port": port, "db_path": db, "model": model}.items() if v is not None}
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    try:
+        app = create_app(settings)
+    except StoreError as error:
+        fail(str(error))
+    uvicorn.run(app, host=settings.host, port=settings.port)
 
 
 # --- training: thin wrappers over app.training.pipeline; defaults come from its option objects ---

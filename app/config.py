@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.lens.models import DEFAULT_MODEL
@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     db_path: Path = Path("future-lens.sqlite3")
+    db_url: str | None = Field(
+        None,
+        description="postgresql://user:password@host:port/dbname: keep permalinks in PostgreSQL (shared by replicas) "
+        "instead of the SQLite file db_path",
+    )
     prompt_dir: Path | None = None
     max_queue: int = Field(16, description="grids waiting for the model at most; more get 503 + Retry-After")
     rate_limit_per_minute: float | None = Field(
@@ -46,6 +51,16 @@ class Settings(BaseSettings):
     assets_dir: Path | None = Field(
         None, description="folder holding templates/, static/ and reports/ (default: the source checkout, else cwd)"
     )
+
+    @field_validator("db_url")
+    @classmethod
+    def _postgresql_url(cls, url: str | None) -> str | None:
+        """Empty means unset; anything else must be a PostgreSQL URL."""
+        if not url:
+            return None
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("db_url must be a postgresql:// URL")
+        return url
 
 
 @lru_cache

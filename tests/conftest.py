@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny random models of several families (built from configs, offline) and the embedded model."""
+"""Shared fixtures: tiny random models of several families (built from configs, offline), the embedded model, and a
+throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from transformers import (
 )
 
 from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, load_model, prepare_gguf_cache, wrap_model
+from tests.postgres_helpers import PostgresServer, missing_postgres, postgres_bin_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Hypothesis replays the same examples on every run, everywhere, so a test passes or fails the same way each time.
@@ -219,3 +221,24 @@ ALL_ARCHITECTURES = [*TINY_MODELS, *TINY_CONFIGS]
 def tiny_model(request: pytest.FixtureRequest) -> LoadedModel:
     """A tiny GPT-J, Llama or GPT-2 (parametrize it indirectly with `ALL_ARCHITECTURES` for every family)."""
     return tiny_model_named(request, request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/postgres_helpers.py); skipped, or failed in CI, without one."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        missing_postgres()
+    server = PostgresServer(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new empty database on the session's server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

@@ -84,7 +84,8 @@ def api_schema(service, tmp_path):
     return schema
 
 
-OPERATIONS = [("POST", "/lens"), ("GET", "/lens"), ("GET", "/g/{grid_id}.json"), ("GET", "/healthz")]
+EXPORTS = [("GET", f"/g/{{grid_id}}.{fmt}") for fmt in ("svg", "png", "csv", "html")]
+OPERATIONS = [("POST", "/lens"), ("GET", "/lens"), ("GET", "/g/{grid_id}.json"), ("GET", "/healthz"), *EXPORTS]
 # Nothing schemathesis can make invalid (no input; one string path segment): positive runs only.
 POSITIVE_ONLY = {("GET", "/healthz"), ("GET", "/g/{grid_id}.json")}
 RUNS = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from app.config import Settings, get_limits
 from app.lens.lenses import PAPER_FIXED_PROMPT
 from app.lens.source import tokenize
 from app.service import LensService
-from app.store import MemoryGridStore, SQLiteGridStore, StoredGrid, StoreError, grid_id, is_grid_id
+from app.store import is_grid_id
 from app.training.metrics import MAX_N
 from app.web.app import create_app
 from app.web.render import MIN_BIN_CELLS
@@ -694,39 +693,3 @@ def test_rows_with_their_own_prompt_are_not_marked(client, posted):
     page = client.get(posted.json()["permalink"]).text
     assert 'class="borrowed"' not in page and "prompt from layer" not in page
     assert "grey row" not in page
-
-
-# ---------- the store ----------
-
-
-def test_grid_id_is_deterministic_and_short():
-    request = {"text": "a", "layers": [0, 1]}
-    assert grid_id(request) == grid_id(dict(reversed(request.items())))
-    assert grid_id(request) != grid_id({"text": "b", "layers": [0, 1]})
-    assert is_grid_id(grid_id(request))
-    assert is_grid_id(grid_id({"text": "\ud800 lone surrogate"}))
-
-
-@pytest.mark.parametrize("make", [MemoryGridStore, "sqlite"])
-def test_store_put_is_idempotent(make, tmp_path):
-    store = SQLiteGridStore(tmp_path / "s.sqlite3") if make == "sqlite" else make()
-    first = StoredGrid("aaaaaaaaaaaa", "m", "{}", '{"v":1}', 1.0)
-    assert store.put(first) == first
-    assert store.put(StoredGrid("aaaaaaaaaaaa", "m", "{}", '{"v":2}', 2.0)) == first
-    assert store.get("aaaaaaaaaaaa") == first
-    assert store.get("bbbbbbbbbbbb") is None
-    assert store.count() == 1
-
-
-def test_sqlite_store_file_is_private_and_in_wal_mode(tmp_path):
-    path = tmp_path / "sub" / "grids.sqlite3"
-    SQLiteGridStore(path).close()
-    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_corrupt_database_is_a_clear_error(tmp_path):
-    path = tmp_path / "broken.sqlite3"
-    path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="cannot open the permalink database"):
-        SQLiteGridStore(path)

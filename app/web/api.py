@@ -1,4 +1,5 @@
-"""The JSON API: `POST /lens`, `GET /lens?text=...`, `GET /g/{id}.json`, `GET /healthz`."""
+"""The JSON API: `POST /lens`, `GET /lens?text=...`, `GET /g/{id}.json` (and its exports `.svg`, `.png`, `.csv`,
+`.html`), `GET /healthz`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
+from app.export import MEDIA_TYPES, PngSizeError, SelectionError, export, select
+from app.export.html import content_security_policy
+from app.export.png import MAX_SCALE, MIN_SCALE
+from app.export.svg import MAX_CHARS, MAX_COLUMNS, MIN_CHARS
 from app.lens.grid import Grid
 from app.service import GridRequest, Method, parse_request
 from app.store import is_grid_id
@@ -110,6 +115,118 @@ def stored_grid_json(request: Request, grid_id: str) -> Response:
     if kept is None:
         return error_response(404, "id", f"no stored grid has the id {grid_id!r}")
     return grid_response(kept)
+
+
+LayersQuery = Annotated[
+    str | None,
+    Query(description="the grid's layers to export: 0-10, ::3, 0,5,10 ... (default: all)", examples=["0-10"]),
+]
+TokensQuery = Annotated[
+    str | None,
+    Query(description="token positions to export: 2:8 (2 to 7), 2-7, -4: ... (default: all)", examples=["2:8"]),
+]
+CharsQuery = Annotated[
+    int, Query(ge=MIN_CHARS, le=MAX_CHARS, description="characters drawn per cell before `…` (fewer: narrower columns)")
+]
+#: What an exported file may load: nothing (the HTML file: its own inline style and script, by hash).
+EXPORT_CSP = "default-src 'none'"
+
+
+def export_responses(media_type: str) -> dict[int | str, dict[str, object]]:
+    """OpenAPI responses of an export route: the file, 404 for an unknown id, 422 for a bad option."""
+    return {
+        200: {"content": {media_type: {}}, "description": "the exported grid"},
+        404: {"model": ErrorBody, "description": "no grid with this id"},
+        422: {"model": ErrorBody, "description": "`layers`, `tokens`, `scale` or `chars` cannot be used"},
+    }
+
+
+def export_response(
+    request: Request,
+    grid_id: str,
+    fmt: str,
+    layers: str | None,
+    tokens: str | None,
+    scale: float = 2.0,
+    chars: int = MAX_COLUMNS,
+) -> Response:
+    """The stored grid (never recomputed) as `fmt`, restricted to `layers` and `tokens`."""
+    kept = keeper_of(request).lookup(grid_id) if is_grid_id(grid_id) else None
+    if kept is None:
+        return error_response(404, "id", f"no stored grid has the id {grid_id!r}")
+    grid = kept.grid
+    try:
+        exported = export(grid, fmt, select(grid, layers, tokens), scale, kept.id, chars)
+    except SelectionError as error:
+        return error_response(422, error.field, error.message)
+    except PngSizeError as error:
+        return error_response(422, "scale", str(error))
+    disposition = "attachment" if fmt in ("csv", "html") else "inline"
+    headers = {
+        "Content-Disposition": f'{disposition}; filename="future-lens-{kept.id}.{fmt}"',
+        "Content-Security-Policy": content_security_policy() if fmt == "html" else EXPORT_CSP,
+    }
+    return Response(exported.content, media_type=exported.media_type, headers=headers)
+
+
+@router.get(
+    "/g/{grid_id}.svg",
+    summary="A stored grid as an SVG figure",
+    response_class=Response,
+    responses=export_responses(MEDIA_TYPES["svg"]),
+)
+def stored_grid_svg(
+    request: Request,
+    grid_id: str,
+    layers: LayersQuery = None,
+    tokens: TokensQuery = None,
+    chars: CharsQuery = MAX_COLUMNS,
+) -> Response:
+    """A vector figure of the grid (or a layer/token range): the page's colours, match marks and legend."""
+    return export_response(request, grid_id, "svg", layers, tokens, chars=chars)
+
+
+@router.get(
+    "/g/{grid_id}.png",
+    summary="A stored grid as a PNG image",
+    response_class=Response,
+    responses=export_responses(MEDIA_TYPES["png"]),
+)
+def stored_grid_png(
+    request: Request,
+    grid_id: str,
+    layers: LayersQuery = None,
+    tokens: TokensQuery = None,
+    scale: Annotated[float, Query(ge=MIN_SCALE, le=MAX_SCALE, description="pixels per SVG unit")] = 2.0,
+    chars: CharsQuery = MAX_COLUMNS,
+) -> Response:
+    """The SVG figure rendered at `scale` (resvg, with fonts shipped in the package)."""
+    return export_response(request, grid_id, "png", layers, tokens, scale, chars)
+
+
+@router.get(
+    "/g/{grid_id}.csv",
+    summary="A stored grid as long-format CSV",
+    response_class=Response,
+    responses=export_responses(MEDIA_TYPES["csv"]),
+)
+def stored_grid_csv(request: Request, grid_id: str, layers: LayersQuery = None, tokens: TokensQuery = None) -> Response:
+    """One row per predicted token (kind `predicted`, k = step) and per alternative (kind `topk`, k = rank),
+    with the cell's layer, position, input token, actual next token, `mean_prob` and `first_matches_next`."""
+    return export_response(request, grid_id, "csv", layers, tokens)
+
+
+@router.get(
+    "/g/{grid_id}.html",
+    summary="A stored grid as a standalone offline HTML file",
+    response_class=Response,
+    responses=export_responses(MEDIA_TYPES["html"]),
+)
+def stored_grid_html(
+    request: Request, grid_id: str, layers: LayersQuery = None, tokens: TokensQuery = None
+) -> Response:
+    """One file with inline style, script and data: opens offline and keeps the popovers; loads nothing."""
+    return export_response(request, grid_id, "html", layers, tokens)
 
 
 @router.get("/healthz", summary="What this server serves")

@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from app import __version__
 from app.config import Settings, get_limits
 from app.service import LensService
-from app.store import GridStore, SQLiteGridStore
+from app.store import GridStore, PostgresGridStore, SQLiteGridStore
 from app.web import api, docs, pages
 from app.web.bodylimit import install_body_limit
 from app.web.errors import install_error_handlers
@@ -41,13 +41,18 @@ def assets_root(settings: Settings) -> Path:
     return Path.cwd()
 
 
+def open_store(settings: Settings) -> GridStore:
+    """PostgreSQL when `db_url` is set (replicas share it), else the SQLite file at `db_path`."""
+    return PostgresGridStore(settings.db_url) if settings.db_url else SQLiteGridStore(settings.db_path)
+
+
 def create_app(
     settings: Settings | None = None, service: LensService | None = None, store: GridStore | None = None
 ) -> FastAPI:
-    """An app serving one model; pass `service` to reuse an already loaded model, `store` to replace SQLite."""
+    """An app serving one model; pass `service` to reuse an already loaded model, `store` to override `open_store`."""
     settings = settings or Settings()
     service = service or LensService.load(settings.model, settings.device, settings.dtype, settings.prompt_dir)
-    store = store or SQLiteGridStore(settings.db_path)
+    store = store or open_store(settings)
     keeper = GridKeeper(service, store, InferenceWorker(settings.max_queue, settings.request_timeout_s))
     root = assets_root(settings)
     static_dir = root / "static"

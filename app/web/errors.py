@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.service import InvalidRequestError
+from app.store import StoreError
 from app.web.keeper import ClientGoneError
 from app.worker import DeadlineExceededError, QueueFullError, WorkerStoppedError
 
@@ -57,7 +58,8 @@ def is_undecodable_body(error: StarletteHTTPException) -> bool:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """422 for invalid requests, 503 (+ Retry-After) when busy, 504 past the deadline, a bare 500 otherwise."""
+    """422 for invalid requests, 503 (+ Retry-After) when busy or the store is down, 504 past the deadline, a bare
+    500 otherwise."""
 
     @app.exception_handler(InvalidRequestError)
     async def invalid_request(_: Request, error: InvalidRequestError) -> JSONResponse:
@@ -78,6 +80,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DeadlineExceededError)
     async def too_slow(_: Request, error: DeadlineExceededError) -> JSONResponse:
         return error_response(504, None, f"the grid took too long to compute ({error}); try fewer layers or tokens")
+
+    @app.exception_handler(StoreError)
+    async def store_unavailable(request: Request, error: StoreError) -> JSONResponse:
+        log.error("permalink store failed on %s %s: %s", request.method, request.url.path, error)
+        response = error_response(503, None, "the permalink database is unavailable; try again shortly")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(ClientGoneError)
     async def client_gone(_: Request, error: ClientGoneError) -> JSONResponse:

@@ -74,15 +74,17 @@ class GridKeeper:
         self.worker = worker or InferenceWorker()
 
     def _compute_and_store(self, key: str, planned: PlannedGrid) -> KeptGrid:
-        """Runs on the worker thread: compute the grid unless it was stored meanwhile, then store it."""
-        stored = self.store.get(key)
-        if stored is not None:
-            return KeptGrid.from_stored(stored, cached=True)
-        grid: Grid = self.service.compute(planned)
-        document = {**grid.model_dump(mode="json", by_alias=True), "id": key, "permalink": permalink_path(key)}
-        document_json = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-        stored = self.store.put(new_stored_grid(key, self.service.model.id, planned.canonical(), document_json))
-        return KeptGrid.from_stored(stored, cached=False)
+        """Runs on the worker thread: compute the grid unless it was stored meanwhile (by any process sharing the
+        store: `computing` makes them take turns per id), then store it."""
+        with self.store.computing(key):
+            stored = self.store.get(key)
+            if stored is not None:
+                return KeptGrid.from_stored(stored, cached=True)
+            grid: Grid = self.service.compute(planned)
+            document = {**grid.model_dump(mode="json", by_alias=True), "id": key, "permalink": permalink_path(key)}
+            document_json = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+            stored = self.store.put(new_stored_grid(key, self.service.model.id, planned.canonical(), document_json))
+            return KeptGrid.from_stored(stored, cached=False)
 
     def lookup_or_submit(self, request: GridRequest) -> KeptGrid | Ticket:
         """The stored grid if there is one, else a ticket for its computation on the worker.

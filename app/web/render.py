@@ -13,13 +13,12 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
+from app.export.palette import EMPTY_TOKEN_MARK, percent, prob_bucket
 from app.lens.display import WHITESPACE_MARKS
 from app.lens.grid import Grid
 from app.lens.layers import strided_layers
 from app.web.reports import CALIBRATION_N, Calibration
 
-N_BUCKETS = 10
-EMPTY_TOKEN_MARK = "∅"
 #: A shade's measured share of right cells is shown only when at least this many held-out cells had that shade.
 MIN_BIN_CELLS = 20
 
@@ -33,21 +32,6 @@ def marked_text(text: str) -> Markup:
         mark = WHITESPACE_MARKS.get(char)
         parts.append(Markup('<span class="ws">{}</span>').format(mark) if mark else escape(char))
     return Markup("").join(parts)
-
-
-def prob_bucket(prob: float) -> int:
-    """Which of the 10 background shades a mean probability gets (0: below 10%, 9: 90% and above)."""
-    return max(0, min(N_BUCKETS - 1, int(prob * N_BUCKETS)))
-
-
-def percent(prob: float) -> str:
-    """A probability as a short percentage: `71%`, `0.4%`, `<0.1%`."""
-    value = prob * 100
-    if value >= 9.95:
-        return f"{value:.0f}%"
-    if value >= 0.05:
-        return f"{value:.1f}%"
-    return "<0.1%"
 
 
 @dataclass(frozen=True)

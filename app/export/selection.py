@@ -1,0 +1,79 @@
+"""Which part of a grid an export shows: a layer range and a token range, in the grid's own terms.
+
+`layers` uses the request's layer syntax (`0-10`, `::3`, `0,5,10`, `20:`) over the model's blocks and keeps the
+grid's rows whose layer it names; `tokens` uses the same syntax over token positions (`2:8` is positions 2 to 7,
+`2-7` the same, `-4:` the last four). Positions keep their numbers in every export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from app.lens.grid import Grid
+from app.lens.layers import LayerSpecError, parse_layers
+
+#: Larger numbers are refused before parsing: a range like `0-99999999999` would otherwise be expanded in memory.
+MAX_NUMBER = 100_000
+SPEC_CHARACTERS = re.compile(r"(?:all|[0-9,:\- ])*")
+
+
+class SelectionError(ValueError):
+    """A layer or token range that cannot be read or selects nothing; `field` is `layers` or `tokens`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Rows (indices into `grid.layers`) and columns (token positions) to export, in order."""
+
+    rows: tuple[int, ...]
+    columns: tuple[int, ...]
+
+    @classmethod
+    def whole(cls, grid: Grid) -> Selection:
+        """Every row and column of `grid`."""
+        return cls(tuple(range(len(grid.layers))), tuple(range(len(grid.tokens))))
+
+
+def _rows(grid: Grid, spec: str) -> tuple[int, ...]:
+    try:
+        wanted = set(parse_layers(spec, grid.model.n_layers))
+    except LayerSpecError as error:
+        raise SelectionError("layers", str(error)) from None
+    rows = tuple(index for index, layer in enumerate(grid.layers) if layer in wanted)
+    if not rows:
+        raise SelectionError("layers", f"{spec!r} selects none of this grid's layers {grid.layers}")
+    return rows
+
+
+def _columns(grid: Grid, spec: str) -> tuple[int, ...]:
+    last = len(grid.tokens) - 1
+    try:
+        return tuple(parse_layers(spec, len(grid.tokens)))
+    except LayerSpecError:
+        raise SelectionError(
+            "tokens", f"{spec!r} is not a token range of this grid (positions 0..{last}): use e.g. 2:8, 2-7 or 0,3"
+        ) from None
+
+
+def _check_characters(field: str, spec: str) -> None:
+    """Only ASCII digits, `-`, `:`, `,`, spaces and `all`, and no number above MAX_NUMBER."""
+    if not SPEC_CHARACTERS.fullmatch(spec):
+        raise SelectionError(field, f"{spec!r}: use digits with - : and , (e.g. 0-10, 2:8, ::3, 0,5)")
+    if any(int(number) > MAX_NUMBER for number in re.findall(r"[0-9]+", spec)):
+        raise SelectionError(field, f"{spec!r} names a number above {MAX_NUMBER}")
+
+
+def select(grid: Grid, layers: str | None = None, tokens: str | None = None) -> Selection:
+    """The rows and columns that `layers` and `tokens` name (None or empty: all); raises `SelectionError`."""
+    whole = Selection.whole(grid)
+    for field, spec in (("layers", layers), ("tokens", tokens)):
+        _check_characters(field, spec or "")
+    rows = _rows(grid, layers) if layers and layers.strip() else whole.rows
+    columns = _columns(grid, tokens) if tokens and tokens.strip() else whole.columns
+    return Selection(rows, columns)
