@@ -1,4 +1,4 @@
-"""Command line: `future-lens grid|models|prepare|import-prompt|serve` (and training commands)."""
+"""Command line: `future-lens grid|export|models|prepare|import-prompt|serve` (and training commands)."""
 
 from __future__ import annotations
 
@@ -72,8 +72,10 @@ def check_output(fmt: str, as_json: bool, tokens: str | None, scale: float, char
     return fmt
 
 
-def grid_output(result: Grid, fmt: str, tokens: str | None, scale: float, chars: int) -> bytes:
-    """The computed grid as the bytes of `fmt` (exports show the grid's columns that `tokens` names)."""
+def grid_output(
+    result: Grid, fmt: str, tokens: str | None, scale: float, chars: int, layers: str | None = None
+) -> bytes:
+    """The grid as the bytes of `fmt` (exports show the grid's rows and columns that `layers` and `tokens` name)."""
     from app.export import PngSizeError, SelectionError, export, select
 
     if fmt == "table":
@@ -81,7 +83,7 @@ def grid_output(result: Grid, fmt: str, tokens: str | None, scale: float, chars:
     if fmt == "json":
         return (result.model_dump_json(indent=2) + "\n").encode()
     try:
-        return export(result, fmt, select(result, None, tokens), scale, max_chars=chars).content
+        return export(result, fmt, select(result, layers, tokens), scale, max_chars=chars).content
     except (SelectionError, PngSizeError) as error:
         fail(str(error))
 
@@ -89,7 +91,7 @@ def grid_output(result: Grid, fmt: str, tokens: str | None, scale: float, chars:
 @cli.command()
 def grid(
     text: Annotated[str, typer.Argument(help="the input text")],
-    method: Annotated[str, typer.Option(help="future, logit or fixed")] = "future",
+    method: Annotated[str, typer.Option(help="future, logit, fixed, identity, tuned or jacobian")] = "future",
     layers: Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")] = "all",
     n_future: Annotated[int, typer.Option("--n-future", "-n", help="tokens decoded per cell")] = 4,
     top_k: Annotated[int, typer.Option(help="alternatives kept for the first token")] = 5,
@@ -117,7 +119,11 @@ def grid(
         result = service.compute(request)
     except (InvalidRequestError, ValueError, RuntimeError) as error:
         fail(str(error))
-    content = grid_output(result, fmt, tokens, scale, chars)
+    write_output(grid_output(result, fmt, tokens, scale, chars), fmt, output)
+
+
+def write_output(content: bytes, fmt: str, output: Path | None) -> None:
+    """Write `content` to `output`, or to stdout (a PNG as bytes)."""
     if output is None and fmt == "png":
         sys.stdout.buffer.write(content)
         return
@@ -129,6 +135,37 @@ def grid(
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror}")
     typer.echo(f"wrote {output}")
+
+
+def read_grid_json(file: Path) -> Grid:
+    """A saved grid document (`--format json`, `POST /lens`, `/g/{id}.json`); exits with code 2 if it is none."""
+    from pydantic import ValidationError
+
+    try:
+        return Grid.model_validate_json(file.read_bytes())
+    except OSError as error:
+        fail(f"cannot read {file}: {error.strerror}")
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "document"
+        fail(f"{file} is not a Future Lens grid JSON ({where}: {first['msg']})")
+
+
+@cli.command("export")
+def export_saved(
+    file: Annotated[Path, typer.Argument(help="a saved grid JSON (--format json, POST /lens, /g/{id}.json)")],
+    output_format: Annotated[str, typer.Option("--format", "-f", help="svg, png, csv, html, json or table")] = "svg",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to this file, not stdout")] = None,
+    layers: Annotated[str | None, typer.Option(help="svg/png/csv/html: the grid's layers shown, e.g. 0-10")] = None,
+    tokens: Annotated[str | None, typer.Option(help="svg/png/csv/html: token positions shown, e.g. 2:8")] = None,
+    scale: Annotated[float, typer.Option(help="png: pixels per SVG unit")] = 2.0,
+    chars: Annotated[int, typer.Option(help="svg/png: characters drawn per cell (fewer: narrower)")] = 20,
+) -> None:
+    """Export a saved grid JSON as svg, png, csv or html, without a model (the same files as the page's buttons)."""
+    fmt = check_output(output_format, False, tokens, scale, chars, output)
+    if layers is not None and fmt in ("table", "json"):
+        fail("--layers selects what svg, png, csv and html show: use it with one of those formats")
+    write_output(grid_output(read_grid_json(file), fmt, tokens, scale, chars, layers), fmt, output)
 
 
 @cli.command()
@@ -245,6 +282,15 @@ def train(
     init: Annotated[
         str, typer.Option(help="fixed (the paper's fixed prompt's embeddings) or normal")
     ] = TrainOptions.init,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="prompt (soft prompts), tuned (tuned lens: --examples, --batch, --lr) or jacobian (Jacobian lens: "
+            "--texts, --text-tokens); linear lenses are written next to the prompts as <method>-lens.safetensors"
+        ),
+    ] = TrainOptions.method,
+    texts: Annotated[int, typer.Option(help="jacobian: training texts to average over")] = TrainOptions.texts,
+    text_tokens: Annotated[int, typer.Option(help="jacobian: tokens per text")] = TrainOptions.text_tokens,
     seed: SeedOption = RunOptions.seed,
     corpus: CorpusOption = RunOptions.corpus,
     train_pool: TrainPoolOption = RunOptions.train_pool,
@@ -255,7 +301,7 @@ def train(
     device: DeviceOption = RunOptions.device,
     dtype: DtypeOption = RunOptions.dtype,
 ) -> None:
-    """Train one soft prompt per layer (resumable: rerun the same command to continue)."""
+    """Train one soft prompt per layer (resumable: rerun the same command to continue), or fit a linear lens."""
     run_pipeline(run_train, TrainOptions(**locals()))
 
 

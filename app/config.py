@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.lens.models import DEFAULT_MODEL
@@ -22,6 +22,7 @@ class Limits(BaseSettings):
     max_top_k: int = Field(20, description="most alternatives listed for a cell's first token")
     max_prompt_chars: int = Field(500, description="longest fixed prompt, in characters")
     max_prompt_tokens: int = Field(64, description="longest fixed prompt, in tokens")
+    max_track_tokens: int = Field(8, description="most token ids one request may track (`track`)")
     max_body_bytes: int = Field(64_000, description="largest request body")
 
 
@@ -48,9 +49,42 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(10, description="grids one client may start at once before the rate applies")
     request_timeout_s: float = Field(120.0, description="deadline of one grid request; later answers are 504")
+    merge_max_cells: int = Field(
+        2048,
+        ge=0,
+        description="queued requests that differ only in their text run in one engine pass of at most this many "
+        "(layer, token) cells (a single larger request still runs alone); 0: one request per pass",
+    )
+    secret: SecretStr | None = Field(
+        None,
+        description="key of the permalink ids (HMAC); unset: a random key generated once and kept in the permalink "
+        "database (shared by replicas); changing it gives new requests new ids, stored permalinks still open",
+    )
+    retention_max_age_days: float | None = Field(
+        None, gt=0, description="delete grids neither stored nor opened for this many days (unset: no age limit)"
+    )
+    retention_max_mb: float | None = Field(
+        None,
+        gt=0,
+        description="keep the stored grids under this many MB, deleting the longest unopened first (unset: no limit)",
+    )
+    retention_keep_recent_hours: float = Field(
+        24.0, ge=0, description="grids stored or opened within this many hours are never deleted by the size limit"
+    )
+    retention_interval_s: float = Field(600.0, gt=0, description="how often the retention policy is applied")
     assets_dir: Path | None = Field(
         None, description="folder holding templates/, static/ and reports/ (default: the source checkout, else cwd)"
     )
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        """Empty means unset (generate one); a configured key must be hard to guess."""
+        if secret is None or not secret.get_secret_value():
+            return None
+        if len(secret.get_secret_value()) < 16:
+            raise ValueError("secret must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return secret
 
     @field_validator("db_url")
     @classmethod

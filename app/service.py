@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,10 +31,25 @@ from app.lens import (
     load_model,
     parse_layers,
 )
+from app.lens.grid import GridStream
+from app.lens.lenses import IdentityPatchscope
+from app.lens.linear import JacobianLens, TunedLens
 from app.lens.prompts import default_prompt_dir
 from app.lens.source import normalize_text, tokenize
+from app.lens.track import Track, TrackingUnsupportedError, check_token_ids
+from app.store import canonical_json
 
-Method = Literal["future", "logit", "fixed"]
+LINEAR_LENSES: dict[str, type[TunedLens | JacobianLens]] = {"tuned": TunedLens, "jacobian": JacobianLens}
+Method = Literal["future", "logit", "fixed", "identity", "tuned", "jacobian"]
+#: Every method's name for people (the page's menu, result headings); the keys are `Method`'s values.
+METHOD_LABELS: dict[str, str] = {
+    "future": "Future lens (learned prompt)",
+    "logit": "Logit lens (next token)",
+    "fixed": "Fixed prompt",
+    "identity": "Identity patchscope",
+    "tuned": "Tuned lens (next token)",
+    "jacobian": "Jacobian lens (next token)",
+}
 
 
 class InvalidRequestError(ValueError):
@@ -55,6 +71,11 @@ class GridRequest(BaseModel):
     top_k: int = Field(5, json_schema_extra={"minimum": 1})
     prompt: str | None = Field(None, description="fixed lens only: the prompt text (default: the paper's)")
     model: str | None = Field(None, description="must name the served model if given")
+    track: list[int] | None = Field(
+        None,
+        description="token ids whose probability and rank the lens's first-token distribution gives at every layer "
+        "and position: the response gets a `track` object (docs/grid-format.md); not part of the permalink",
+    )
 
     @field_validator("text")
     @classmethod
@@ -88,6 +109,14 @@ class GridRequest(BaseModel):
         if not 1 <= top_k <= limit:
             raise ValueError(f"top_k must be between 1 and {limit}")
         return top_k
+
+    @field_validator("track")
+    @classmethod
+    def _track_within_limit(cls, track: list[int] | None) -> list[int] | None:
+        limit = get_limits().max_track_tokens
+        if track is not None and not 1 <= len(track) <= limit:
+            raise ValueError(f"track lists {len(track)} token ids; between 1 and {limit} may be tracked")
+        return track
 
     @field_validator("prompt")
     @classmethod
@@ -136,8 +165,33 @@ class PlannedGrid:
             **self.lens.identity(self.layers),
         }
 
+    def merge_group(self) -> str:
+        """Requests whose canonical forms differ only in their text (same model, lens and prompt, layers, N, top-k)
+        can be computed in one engine pass: this names their group."""
+        return canonical_json({name: value for name, value in self.canonical().items() if name != "text"})
+
+    @property
+    def cells(self) -> int:
+        """How many (layer, token) cells the grid has: its share of a merged pass."""
+        return len(self.layers) * len(tokenize(self.lens.model, self.request.text))
+
     def compute(self) -> Grid:
         return self.lens.grid(self.request.text, layers=self.layers, n_future=self.n_future, top_k=self.request.top_k)
+
+    def stream(self) -> GridStream:
+        """The same grid, computed a few rows at a time (coarse pass over depth first): see `Lens.stream`."""
+        request = self.request
+        return self.lens.stream(request.text, layers=self.layers, n_future=self.n_future, top_k=request.top_k)
+
+
+def compute_merged(planned: Sequence[PlannedGrid]) -> list[Grid]:
+    """The grids of requests of one `merge_group`, in order: one source pass per text, then the cells of all of them
+    through the lens together (`Lens.grids`); the same cells as computing each alone."""
+    first = planned[0]
+    if any(p.merge_group() != first.merge_group() for p in planned):
+        raise ValueError("only requests of one merge group can be computed together")
+    texts = [p.request.text for p in planned]
+    return first.lens.grids(texts, layers=first.layers, n_future=first.n_future, top_k=first.request.top_k)
 
 
 class LensService:
@@ -148,6 +202,7 @@ class LensService:
         self.prompt_dir = prompt_dir or default_prompt_dir(model.id)
         self._future: FutureLens | None = None
         self._fixed: OrderedDict[str, FixedPromptLens] = OrderedDict()
+        self._fitted: dict[str, Lens] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -180,9 +235,39 @@ class LensService:
             self._fixed.move_to_end(prompt)
             return self._fixed[prompt]
 
+    def _fitted_lens(self, method: str) -> Lens:
+        """The identity patchscope, or a linear lens loaded from its artifact next to the prompts (once each)."""
+        with self._lock:
+            if method not in self._fitted:
+                try:
+                    self._fitted[method] = (
+                        IdentityPatchscope(self.model)
+                        if method == "identity"
+                        else LINEAR_LENSES[method](self.model, self.prompt_dir)
+                    )
+                except PromptArtifactError as error:  # a missing or foreign linear-lens artifact
+                    raise InvalidRequestError("method", str(error)) from None
+            return self._fitted[method]
+
+    def available_methods(self) -> list[str]:
+        """The methods this model can serve now (those needing an artifact only when it exists and fits)."""
+        available = []
+        for method in METHOD_LABELS:
+            try:
+                if method == "future":
+                    self._future_lens()
+                elif method in LINEAR_LENSES:
+                    self._fitted_lens(method)
+            except InvalidRequestError:
+                continue
+            available.append(method)
+        return available
+
     def lens_for(self, request: GridRequest) -> Lens:
         if request.method == "logit":
             return LogitLens(self.model)
+        if request.method in ("identity", *LINEAR_LENSES):
+            return self._fitted_lens(request.method)
         if request.method == "fixed":
             prompt = request.prompt if request.prompt is not None else PAPER_FIXED_PROMPT
             n_tokens, limit = len(tokenize(self.model, prompt)), get_limits().max_prompt_tokens
@@ -207,9 +292,23 @@ class LensService:
             layers = parse_layers(request.layers, self.model.adapter.n_layers)
         except LayerSpecError as error:
             raise InvalidRequestError("layers", str(error)) from None
+        problem = None if request.track is None else check_token_ids(self.model, request.track)
+        if problem:
+            raise InvalidRequestError("track", problem)
         return PlannedGrid(request, self.lens_for(request), layers)
+
+    def track(self, planned: PlannedGrid, token_ids: Sequence[int]) -> Track:
+        """Trajectories of `token_ids` (already checked by `plan`) through a planned grid's cells."""
+        try:
+            return planned.lens.track(planned.request.text, token_ids, layers=planned.layers)
+        except TrackingUnsupportedError as error:
+            raise InvalidRequestError("track", str(error)) from None
 
     def compute(self, request: GridRequest | PlannedGrid) -> Grid:
         """The grid of a request (planned first unless it already is)."""
         planned = request if isinstance(request, PlannedGrid) else self.plan(request)
         return planned.compute()
+
+    def compute_many(self, planned: Sequence[PlannedGrid]) -> list[Grid]:
+        """The grids of planned requests of one merge group, in order: one alone through `compute`, several merged."""
+        return [self.compute(planned[0])] if len(planned) == 1 else compute_merged(planned)

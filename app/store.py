@@ -2,22 +2,31 @@
 
 `GridStore` is the small interface the web app uses; `SQLiteGridStore` is the default (one file, WAL, one writer),
 `PostgresGridStore` lets several app processes (replicas) share one database, and `MemoryGridStore` serves tests.
+
+Ids are an HMAC of the canonical request under the deployment's secret (`grid_id`), so identical requests share an
+id on one deployment while nobody without the secret can tell whether a given text was submitted. Each store keeps
+a generated secret (`GridStore.secret`) for deployments that configure none. Stored grids record when they were
+last opened; `RetentionPolicy` says which grids a store deletes (`GridStore.apply_retention`): none by default.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -25,6 +34,10 @@ from psycopg_pool import ConnectionPool
 
 ID_LENGTH = 12
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+#: Opening a grid records the time at most this often (one write per grid per minute however popular it is).
+TOUCH_EVERY_S = 60.0
+#: Name of the generated permalink secret in a store's `future_lens_meta` table.
+SECRET_NAME = "permalink_secret"
 
 
 class StoreError(RuntimeError):
@@ -40,6 +53,57 @@ class StoredGrid:
     request_json: str
     document_json: str
     created_at: float
+    #: When the grid was stored or last opened (Unix time; None before it is stored). Not part of equality.
+    last_accessed: float | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def size_bytes(self) -> int:
+        """What the grid costs the store: its request and document in UTF-8 (what the size limit counts)."""
+        return sum(len(text.encode("utf-8", "surrogatepass")) for text in (self.request_json, self.document_json))
+
+    def accessed(self) -> float:
+        return self.created_at if self.last_accessed is None else self.last_accessed
+
+
+class StoreEntry(NamedTuple):
+    """What retention looks at: a grid's id, when it was last stored or opened, and its size."""
+
+    id: str
+    last_accessed: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Which stored grids are deleted. A grid's idle time is the time since it was stored or last opened.
+
+    - `max_age_s`: grids idle longer than this are deleted (None: no age limit).
+    - `max_bytes`: while the grids' total size is over this, the longest idle are deleted first, except grids idle
+      for at most `keep_recent_s`, which the size limit never deletes (so it is exceeded when all grids are recent).
+    Nothing else is ever deleted: with neither limit set (the default) every grid is kept forever."""
+
+    max_age_s: float | None = None
+    max_bytes: int | None = None
+    keep_recent_s: float = 86_400.0
+
+    @property
+    def active(self) -> bool:
+        return self.max_age_s is not None or self.max_bytes is not None
+
+    def expired(self, entries: Iterable[StoreEntry], now: float) -> list[StoreEntry]:
+        """The entries to delete at time `now`."""
+        doomed: list[StoreEntry] = []
+        kept_bytes, full = 0, False
+        for entry in sorted(entries, key=lambda e: (-e.last_accessed, e.id)):  # most recently used first
+            idle = now - entry.last_accessed
+            too_old = self.max_age_s is not None and idle > self.max_age_s
+            if not too_old and self.max_bytes is not None and idle > self.keep_recent_s:
+                full = full or kept_bytes + entry.size_bytes > self.max_bytes
+            if too_old or (full and idle > self.keep_recent_s):
+                doomed.append(entry)
+            else:
+                kept_bytes += entry.size_bytes
+        return doomed
 
 
 def canonical_json(payload: object) -> str:
@@ -47,9 +111,11 @@ def canonical_json(payload: object) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def grid_id(canonical_request: dict[str, object]) -> str:
-    """Short id: the first 60 bits of sha256 over the canonical request, in lowercase base32 (12 characters)."""
-    digest = hashlib.sha256(canonical_json(canonical_request).encode("ascii")).digest()
+def grid_id(canonical_request: dict[str, object], secret: bytes | None = None) -> str:
+    """Short id: the first 60 bits of HMAC-SHA256 under `secret` over the canonical request, in lowercase base32
+    (12 characters). Without a secret, plain sha256 (how ids were derived before secrets; such ids still open)."""
+    message = canonical_json(canonical_request).encode("ascii")
+    digest = hashlib.sha256(message).digest() if secret is None else hmac.digest(secret, message, "sha256")
     return base64.b32encode(digest).decode("ascii").lower()[:ID_LENGTH]
 
 
@@ -73,11 +139,51 @@ class GridStore(ABC):
     def count(self) -> int:
         """How many grids are stored."""
 
+    @abstractmethod
+    def _touch(self, grid_id: str, at: float) -> None:
+        """Set the grid's last access to `at` if it is earlier (never moves it back)."""
+
+    @abstractmethod
+    def _entries(self) -> list[StoreEntry]:
+        """Every stored grid's id, last access and size."""
+
+    @abstractmethod
+    def _remove(self, entries: Sequence[StoreEntry]) -> int:
+        """Delete these grids unless opened since `entries` were read (last access changed); how many went."""
+
+    @abstractmethod
+    def _keep_first(self, name: str, value: str) -> str:
+        """Record `value` under `name` in the store's metadata unless a value is there; return the recorded one."""
+
+    def opened(self, grid: StoredGrid, now: float | None = None) -> None:
+        """Record that `grid` was opened (at most once per `TOUCH_EVERY_S`): retention keeps recently used grids."""
+        now = time.time() if now is None else now
+        if now - grid.accessed() >= TOUCH_EVERY_S:
+            self._touch(grid.id, now)
+
+    def apply_retention(self, policy: RetentionPolicy, now: float | None = None) -> int:
+        """Delete the grids `policy` says have expired; how many were deleted."""
+        if not policy.active:
+            return 0
+        doomed = policy.expired(self._entries(), time.time() if now is None else now)
+        return self._remove(doomed) if doomed else 0
+
+    def secret(self) -> bytes:
+        """The permalink secret kept in the store: generated by the first caller and shared by every process that
+        opens the same store (replicas of one PostgreSQL database); 32 random bytes."""
+        return bytes.fromhex(self._keep_first(SECRET_NAME, secrets.token_hex(32)))
+
+    @contextmanager
+    def computing_all(self, grid_ids: Sequence[str]) -> Iterator[None]:
+        """Held around computing and storing `grid_ids` so that processes sharing the store compute each once (a
+        no-op here: one process's worker already computes an id once; shared stores take cross-process locks)."""
+        yield
+
     @contextmanager
     def computing(self, grid_id: str) -> Iterator[None]:
-        """Held around computing and storing `grid_id` so that processes sharing the store compute it once (a no-op
-        here: one process's worker already computes an id once; shared stores take a cross-process lock)."""
-        yield
+        """`computing_all` for one id."""
+        with self.computing_all([grid_id]):
+            yield
 
     def close(self) -> None:  # noqa: B027 (optional hook: most stores hold nothing to release)
         """Release resources (no-op by default)."""
@@ -88,6 +194,7 @@ class MemoryGridStore(GridStore):
 
     def __init__(self) -> None:
         self._grids: dict[str, StoredGrid] = {}
+        self._meta: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def get(self, grid_id: str) -> StoredGrid | None:
@@ -95,10 +202,31 @@ class MemoryGridStore(GridStore):
 
     def put(self, grid: StoredGrid) -> StoredGrid:
         with self._lock:
-            return self._grids.setdefault(grid.id, grid)
+            return self._grids.setdefault(grid.id, dataclasses.replace(grid, last_accessed=grid.accessed()))
 
     def count(self) -> int:
         return len(self._grids)
+
+    def _touch(self, grid_id: str, at: float) -> None:
+        with self._lock:
+            grid = self._grids.get(grid_id)
+            if grid is not None and grid.accessed() < at:
+                self._grids[grid_id] = dataclasses.replace(grid, last_accessed=at)
+
+    def _entries(self) -> list[StoreEntry]:
+        with self._lock:
+            return [StoreEntry(g.id, g.accessed(), g.size_bytes) for g in self._grids.values()]
+
+    def _remove(self, entries: Sequence[StoreEntry]) -> int:
+        with self._lock:
+            gone = [e.id for e in entries if e.id in self._grids and self._grids[e.id].accessed() == e.last_accessed]
+            for id_ in gone:
+                del self._grids[id_]
+            return len(gone)
+
+    def _keep_first(self, name: str, value: str) -> str:
+        with self._lock:
+            return self._meta.setdefault(name, value)
 
 
 _SCHEMA = """
@@ -110,6 +238,53 @@ CREATE TABLE IF NOT EXISTS grids (
     created_at REAL NOT NULL
 )
 """
+#: Statements shared by both SQL backends (SQLite reads DOUBLE PRECISION as REAL and BIGINT as INTEGER).
+_ADD_LAST_ACCESSED = "ALTER TABLE grids ADD COLUMN last_accessed DOUBLE PRECISION"
+_ADD_SIZE = "ALTER TABLE grids ADD COLUMN size_bytes BIGINT"
+_INDEX_LAST_ACCESSED = "CREATE INDEX IF NOT EXISTS grids_last_accessed ON grids (last_accessed)"
+_META_TABLE = "CREATE TABLE IF NOT EXISTS future_lens_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+#: SQLite's schema steps; `PRAGMA user_version` records how many a file has had (files from before versioning have
+#: the grids table and version 0: step 1 is then a no-op). Add a step, never edit one.
+_SQLITE_MIGRATIONS = (
+    _SCHEMA,
+    _ADD_LAST_ACCESSED,
+    _ADD_SIZE,
+    "UPDATE grids SET last_accessed = created_at, "
+    "size_bytes = length(CAST(request_json AS BLOB)) + length(CAST(document_json AS BLOB))",
+    _INDEX_LAST_ACCESSED,
+    _META_TABLE,
+)
+_SELECT_GRID = "SELECT id, model_id, request_json, document_json, created_at, last_accessed FROM grids WHERE id = "
+_INSERT_GRID = (
+    "INSERT INTO grids (id, model_id, request_json, document_json, created_at, last_accessed, size_bytes) VALUES "
+)
+_ENTRIES = "SELECT id, last_accessed, size_bytes FROM grids"
+
+
+def _row_of(grid: StoredGrid) -> tuple[object, ...]:
+    """The values of `_INSERT_GRID`, in order."""
+    return (*dataclasses.astuple(grid)[:5], grid.accessed(), grid.size_bytes)
+
+
+@contextmanager
+def _sqlite_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on an autocommit connection: committed at the end, rolled back on an error."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _sqlite_migrate(connection: sqlite3.Connection) -> None:
+    """Apply the steps a file has not had yet, in one transaction (another process may be opening it too)."""
+    with _sqlite_transaction(connection):
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        for step in _SQLITE_MIGRATIONS[version:]:
+            connection.execute(step)
+        connection.execute(f"PRAGMA user_version = {max(version, len(_SQLITE_MIGRATIONS))}")
 
 
 class SQLiteGridStore(GridStore):
@@ -132,25 +307,19 @@ class SQLiteGridStore(GridStore):
             check = connection.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-            connection.execute(_SCHEMA)
+            _sqlite_migrate(connection)
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the permalink database {self.path}: {error}") from None
         return connection
 
     def get(self, grid_id: str) -> StoredGrid | None:
         with self._lock:
-            row = self._connection.execute(
-                "SELECT id, model_id, request_json, document_json, created_at FROM grids WHERE id = ?", (grid_id,)
-            ).fetchone()
+            row = self._connection.execute(_SELECT_GRID + "?", (grid_id,)).fetchone()
         return StoredGrid(*row) if row else None
 
     def put(self, grid: StoredGrid) -> StoredGrid:
         with self._lock:
-            self._connection.execute(
-                "INSERT OR IGNORE INTO grids (id, model_id, request_json, document_json, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (grid.id, grid.model_id, grid.request_json, grid.document_json, grid.created_at),
-            )
+            self._connection.execute(_INSERT_GRID + "(?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", _row_of(grid))
         stored = self.get(grid.id)
         if stored is None:
             raise StoreError(f"grid {grid.id} vanished right after it was written to {self.path}")
@@ -160,6 +329,32 @@ class SQLiteGridStore(GridStore):
         with self._lock:
             return int(self._connection.execute("SELECT COUNT(*) FROM grids").fetchone()[0])
 
+    def _touch(self, grid_id: str, at: float) -> None:
+        with self._lock:
+            self._connection.execute(
+                "UPDATE grids SET last_accessed = ? WHERE id = ? AND last_accessed < ?", (at, grid_id, at)
+            )
+
+    def _entries(self) -> list[StoreEntry]:
+        with self._lock:
+            return [StoreEntry(*row) for row in self._connection.execute(_ENTRIES).fetchall()]
+
+    def _remove(self, entries: Sequence[StoreEntry]) -> int:
+        with self._lock:
+            before = self._connection.total_changes
+            with _sqlite_transaction(self._connection):
+                self._connection.executemany(
+                    "DELETE FROM grids WHERE id = ? AND last_accessed = ?", [(e.id, e.last_accessed) for e in entries]
+                )
+            return self._connection.total_changes - before
+
+    def _keep_first(self, name: str, value: str) -> str:
+        with self._lock:
+            self._connection.execute(
+                "INSERT OR IGNORE INTO future_lens_meta (name, value) VALUES (?, ?)", (name, value)
+            )
+            return self._connection.execute("SELECT value FROM future_lens_meta WHERE name = ?", (name,)).fetchone()[0]
+
     def close(self) -> None:
         with self._lock:
             self._connection.close()
@@ -168,7 +363,7 @@ class SQLiteGridStore(GridStore):
 #: The PostgreSQL schema's version: `future_lens_schema.version` records the version a database is at, and on start
 #: `PostgresGridStore` applies the steps `_PG_MIGRATIONS[version:]` in one transaction (so version n is reached by
 #: the first n steps). Add a step, never edit one, to change the schema.
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 6
 _PG_MIGRATIONS = (
     # 1: the grids table, the same columns as SQLite's (`created_at`: Unix time in seconds).
     """CREATE TABLE IF NOT EXISTS grids (
@@ -178,6 +373,14 @@ _PG_MIGRATIONS = (
         document_json TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL
     )""",
+    # 2-5: for retention, when each grid was stored or last opened, and its size (grids stored before: now).
+    _ADD_LAST_ACCESSED,
+    _ADD_SIZE,
+    "UPDATE grids SET last_accessed = created_at, "
+    "size_bytes = octet_length(request_json) + octet_length(document_json)",
+    _INDEX_LAST_ACCESSED,
+    # 6: metadata shared by the replicas: the generated permalink secret.
+    _META_TABLE,
 )
 _PG_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS future_lens_schema (
     singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
@@ -264,18 +467,12 @@ class PostgresGridStore(GridStore):
 
     def get(self, grid_id: str) -> StoredGrid | None:
         with self._connection() as connection:
-            row = connection.execute(
-                "SELECT id, model_id, request_json, document_json, created_at FROM grids WHERE id = %s", (grid_id,)
-            ).fetchone()
+            row = connection.execute(_SELECT_GRID + "%s", (grid_id,)).fetchone()
         return StoredGrid(*row) if row else None
 
     def put(self, grid: StoredGrid) -> StoredGrid:
         with self._connection() as connection:
-            connection.execute(
-                "INSERT INTO grids (id, model_id, request_json, document_json, created_at) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                (grid.id, grid.model_id, grid.request_json, grid.document_json, grid.created_at),
-            )
+            connection.execute(_INSERT_GRID + "(%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING", _row_of(grid))
         stored = self.get(grid.id)
         if stored is None:
             raise StoreError(f"grid {grid.id} vanished right after it was written to {self.where}")
@@ -285,24 +482,60 @@ class PostgresGridStore(GridStore):
         with self._connection() as connection:
             return int(connection.execute("SELECT COUNT(*) FROM grids").fetchone()[0])
 
-    @contextmanager
-    def computing(self, grid_id: str) -> Iterator[None]:
-        """Hold the cluster-wide advisory lock of `grid_id` (waiting for it) on a connection of its own."""
-        key = advisory_key(grid_id)
+    def _touch(self, grid_id: str, at: float) -> None:
         with self._connection() as connection:
-            connection.execute("SELECT pg_advisory_lock(%s)", (key,))
-            try:
-                yield
-            finally:
-                try:
-                    connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                except psycopg.Error:
-                    connection.close()  # ending the session releases its locks; the pool drops closed connections
+            connection.execute(
+                "UPDATE grids SET last_accessed = %s WHERE id = %s AND last_accessed < %s", (at, grid_id, at)
+            )
+
+    def _entries(self) -> list[StoreEntry]:
+        with self._connection() as connection:
+            return [StoreEntry(*row) for row in connection.execute(_ENTRIES).fetchall()]
+
+    def _remove(self, entries: Sequence[StoreEntry]) -> int:
+        with self._connection() as connection:
+            cursor = connection.execute(
+                "DELETE FROM grids USING unnest(%s::text[], %s::double precision[]) AS doomed (id, last_accessed) "
+                "WHERE grids.id = doomed.id AND grids.last_accessed = doomed.last_accessed",
+                ([e.id for e in entries], [e.last_accessed for e in entries]),
+            )
+            return cursor.rowcount
+
+    def _keep_first(self, name: str, value: str) -> str:
+        with self._connection() as connection:
+            connection.execute(
+                "INSERT INTO future_lens_meta (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                (name, value),
+            )
+            return connection.execute("SELECT value FROM future_lens_meta WHERE name = %s", (name,)).fetchone()[0]
+
+    @contextmanager
+    def computing_all(self, grid_ids: Sequence[str]) -> Iterator[None]:
+        """Hold the cluster-wide advisory locks of `grid_ids` (waiting for them) on a connection of its own, taken
+        in ascending key order so that replicas locking overlapping sets never deadlock."""
+        keys = sorted({advisory_key(grid_id) for grid_id in grid_ids})
+        with self._connection() as connection, ExitStack() as held:
+            for key in keys:
+                connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+                held.callback(_unlock, connection, key)
+            yield
+
+
+def _unlock(connection: psycopg.Connection, key: int) -> None:
+    """Release one advisory lock; if that fails, close the session, which releases all of its locks (the pool drops
+    closed connections)."""
+    if connection.closed:
+        return
+    try:
+        connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    except psycopg.Error:
+        connection.close()
 
     def close(self) -> None:
         self.pool.close()
 
 
 def new_stored_grid(grid_id: str, model_id: str, request: dict[str, object], document_json: str) -> StoredGrid:
-    """A record stamped with the current time."""
-    return StoredGrid(grid_id, model_id, canonical_json(request), document_json, time.time())
+    """A record stamped with the current time (stored and last accessed now)."""
+    now = time.time()
+    return StoredGrid(grid_id, model_id, canonical_json(request), document_json, now, now)

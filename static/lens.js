@@ -11,8 +11,10 @@
 
   /* ---------- grid data (JSON text in a <template> rendered with the grid) ---------- */
 
-  function gridData() {
-    var island = document.getElementById("grid-data");
+  function gridData(cell) {
+    /* A compare page has one island per pane ([data-pane]); a grid page one, #grid-data. */
+    var pane = cell && cell.closest("[data-pane]");
+    var island = pane ? pane.querySelector("template.grid-data") : document.getElementById("grid-data");
     if (!island) return null;
     if (!island._parsed) island._parsed = JSON.parse((island.content || island).textContent);
     return island._parsed;
@@ -81,7 +83,9 @@
   /* ---------- popover ---------- */
 
   function fillPopover(cell) {
-    var data = gridData();
+    /* compare.js fills a DIFF cell's popover itself (both readings) and cancels this event. */
+    if (!cell.dispatchEvent(new CustomEvent("lens:fill", { bubbles: true, cancelable: true, detail: { popover: popover } }))) return true;
+    var data = gridData(cell);
     if (!data) return false;
     var r = Number(cell.dataset.r), c = Number(cell.dataset.c);
     var info = data.cells[r] && data.cells[r][c];
@@ -102,6 +106,10 @@
     popover.appendChild(el("h4", null, "Top " + info.k.length + " for the first token"));
     popover.appendChild(probTable(info.k, marks, next[0]));
 
+    if (info.s && info.s[0] !== null && info.s[0] !== undefined) popover.appendChild(statsLine(info.s));
+    var own = data.cont && data.cont[c];
+    if (own && info.t.length > 1) popover.appendChild(agreementLine(info.t, own, marks));
+
     var foot = el("div", "foot");
     foot.appendChild(document.createTextNode("Model's actual next token: "));
     var actual = el("span", "tk-inline");
@@ -112,7 +120,39 @@
       foot.appendChild(el("div", null, "Uses the prompt trained for layer " + data.prompt_layers[r] + "."));
     }
     popover.appendChild(foot);
+    /* cells.js adds the cell's tools (track a token, the code behind the cell) on this event. */
+    popover.dispatchEvent(new CustomEvent("lens:popover", { bubbles: true, detail: { cell: cell, r: r, c: c } }));
     return true;
+  }
+
+  function statsLine(stats) {
+    /* [rank of the actual next token, entropy (nats), KL(model ‖ lens) (nats) or null]. */
+    var line = el("p", "stats");
+    line.appendChild(el("span", "stat", "actual next token ranks #" + stats[0]));
+    line.appendChild(el("span", "stat", "entropy " + stats[1].toFixed(2) + " nats"));
+    if (stats[2] !== null) {
+      var kl = el("span", "stat", "KL(model ‖ lens) " + stats[2].toFixed(2) + " nats");
+      kl.title = "KL divergence from the model's own next-token distribution at this position to this cell's first-token distribution";
+      line.appendChild(kl);
+    }
+    return line;
+  }
+
+  function agreementLine(tokens, own, marks) {
+    /* How many of the cell's N tokens equal the model's own continuation, step by step. */
+    var agree = 0, box = el("div", "agreement");
+    var row = el("p", "own");
+    row.appendChild(document.createTextNode("Model's own continuation: "));
+    own.forEach(function (token, step) {
+      var same = tokens[step] && tokens[step][0] === token[0];
+      if (same) agree += 1;
+      var span = el("span", "tk-inline" + (same ? " agree" : ""));
+      span.appendChild(marked(token[0], marks));
+      row.appendChild(span);
+    });
+    box.appendChild(el("h4", null, agree + " of " + tokens.length + " tokens agree with the model's own continuation"));
+    box.appendChild(row);
+    return box;
   }
 
   function placePopover(cell) {
@@ -196,9 +236,35 @@
   }
 
   function togglePin(cell) {
-    if (pinnedCell === cell) { hidePopover(true); return; }
+    if (pinnedCell === cell) { hidePopover(true); setCellInUrl(null); return; }
     pinnedCell = cell;
     showPopover(cell);
+    setCellInUrl(cell);
+  }
+
+  /* ---------- state in the URL: #cell=r,c (row index, token position) pins that cell's popover; on a compare
+   * page #cell=pane:r,c (pane a, b or diff) ---------- */
+
+  function setCellInUrl(cell) {
+    var url = new URL(window.location.href);
+    var pane = cell && cell.closest("[data-pane]");
+    url.hash = cell ? "cell=" + (pane ? pane.dataset.pane + ":" : "") + cell.dataset.r + "," + cell.dataset.c : "";
+    window.history.replaceState(window.history.state, "", url.href.replace(/#$/, ""));
+  }
+
+  function restoreCellFromUrl() {
+    var match = /^#cell=(?:([a-z]+):)?(\d+),(\d+)$/.exec(window.location.hash);
+    if (!match) return;
+    var root = match[1] ? document.querySelector('[data-pane="' + match[1] + '"]') : document.getElementById("result");
+    var table = root && root.querySelector("table.grid");
+    if (!table) return;
+    var cell = cellAt(table, match[2], match[3]);
+    if (!cell || cell.classList.contains("pending")) return;
+    var current = table.querySelector('td.cell[tabindex="0"]');
+    if (current && current !== cell) { current.tabIndex = -1; cell.tabIndex = 0; }
+    pinnedCell = cell;
+    showPopover(cell);
+    cell.scrollIntoView({ block: "nearest", inline: "nearest" });
   }
 
   /* ---------- copy link ---------- */
@@ -279,13 +345,99 @@
     if (result) result.classList.remove("loading");
   }
 
+  /* What compare.js draws popovers with (one source of the token rendering). */
+  window.FutureLens = { el: el, marked: marked, percent: percent, probTable: probTable, statsLine: statsLine };
+
   /* ---------- wiring (event delegation, so swapped-in grids need no re-binding) ---------- */
 
   document.addEventListener("DOMContentLoaded", function () {
     popover = document.getElementById("popover");
     updateLayersHint();
     markInvalidField();
+    restoreCellFromUrl();
   });
+
+  /* ---------- streamed grids: Server-Sent Events from /grid/stream fill the grid row by row ---------- */
+
+  var stream = null;
+
+  function streamStatus(done, total) {
+    var bar = $("#stream-progress"), count = $("#rows-done");
+    if (bar) { bar.max = total; bar.value = done; }
+    if (count) count.textContent = String(done);
+  }
+
+  function endStream() {
+    if (stream) { stream.source.close(); window.clearInterval(stream.clock); }
+    stream = null;
+    stopTimer();
+  }
+
+  function startStream(form) {
+    var params = new URLSearchParams(new FormData(form));
+    var result = $("#result"), started = Date.now();
+    endStream();
+    hidePopover(true);
+    var source = new EventSource("/grid/stream?" + params.toString());
+    stream = { source: source, done: 0, total: 0, clock: window.setInterval(function () {
+      var out = $(".stream-elapsed");
+      if (out) out.textContent = ((Date.now() - started) / 1000).toFixed(1) + " s";
+    }, 100) };
+    source.addEventListener("head", function (event) {
+      var data = JSON.parse(event.data);
+      result.innerHTML = data.html;  /* server-rendered, token text escaped there */
+      stream.total = data.total;
+    });
+    source.addEventListener("row", function (event) {
+      var data = JSON.parse(event.data), row = document.querySelector('#result tr[data-row="' + data.r + '"]');
+      if (row) row.outerHTML = data.html;
+      var grid = gridData(null);
+      if (grid) grid.cells[data.r] = data.cells;
+      stream.done = data.done;
+      streamStatus(data.done, data.total);
+    });
+    source.addEventListener("done", function (event) {
+      var data = JSON.parse(event.data);
+      endStream();
+      result.innerHTML = data.html;
+      window.history.pushState({}, "", data.permalink);
+      document.title = form.querySelector("#text").value.slice(0, 40) + " — Future Lens";
+    });
+    source.addEventListener("failed", function (event) {
+      var data = JSON.parse(event.data);
+      endStream();
+      result.innerHTML = data.html;
+      markInvalidField();
+    });
+    source.onerror = function () {
+      if (!stream || stream.source !== source) return;
+      endStream();
+      showError("The connection to the server was lost before the grid was complete. Try again.");
+    };
+  }
+
+  function cancelStream() {
+    if (!stream) return;
+    var done = stream.done, total = stream.total;
+    endStream();  /* closing the connection stops the computation on the server */
+    var status = $(".stream-status");
+    if (status) {
+      status.textContent = "";
+      status.appendChild(el("span", "cancelled", "Cancelled after " + done + " of " + total + " rows; nothing was stored."));
+    }
+    var result = $("#result .result");
+    if (result) result.removeAttribute("aria-busy");
+  }
+
+  /* Capture the form's submit before htmx sees it: with EventSource the grid streams; without, htmx posts. */
+  document.addEventListener("submit", function (event) {
+    if (event.target.id !== "lens-form" || !window.EventSource) return;
+    event.preventDefault();
+    event.stopPropagation();
+    startStream(event.target);
+  }, true);
+
+  window.addEventListener("pagehide", endStream);
 
   document.addEventListener("input", function (event) {
     if (event.target.id === "stride") updateLayersHint();
@@ -326,6 +478,7 @@
   document.addEventListener("click", function (event) {
     var copy = event.target.closest && event.target.closest("button.copy");
     if (copy) { copyLink(copy); return; }
+    if (event.target.id === "cancel-stream") { cancelStream(); return; }
     var cell = event.target.closest && event.target.closest("td.cell");
     if (cell) {
       var table = cell.closest("table"), current = table.querySelector('td.cell[tabindex="0"]');
@@ -333,7 +486,7 @@
       togglePin(cell);
       return;
     }
-    if (pinnedCell && !(popover && popover.contains(event.target))) hidePopover(true);
+    if (pinnedCell && !(popover && popover.contains(event.target))) { hidePopover(true); setCellInUrl(null); }
   });
 
   window.addEventListener("resize", function () { if (shownCell && !popover.hidden) placePopover(shownCell); });

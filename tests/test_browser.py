@@ -135,7 +135,7 @@ def submit(page, text: str, *, method: str | None = None, n_future: int = 2, str
     page.fill("#text", text)
     page.focus("#text")
     page.keyboard.press("Control+Enter")
-    page.wait_for_selector("#result table.grid", timeout=120_000)
+    page.wait_for_selector("#result .result[data-grid-id] table.grid", timeout=120_000)  # streamed to the end
 
 
 def header_texts(page) -> list[str]:

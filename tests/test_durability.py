@@ -60,6 +60,6 @@ def test_acknowledged_grids_survive_kill_9(tmp_path) -> None:
             response = httpx.get(f"{restarted.url}/g/{grid_id}.json", timeout=30)
             assert response.status_code == 200, grid_id
             assert response.content == body
-            assert json.loads(response.content)["schema"] == "future-lens.grid/2"
+            assert json.loads(response.content)["schema"] == "future-lens.grid/3"
     finally:
         restarted.stop()

@@ -1,11 +1,13 @@
 """Two replicas: two real `future-lens serve` processes on loopback sharing one real PostgreSQL database.
 
-A permalink made on one opens on the other, and an identical request sent to both at once is computed once in the
-whole cluster: exactly one answer says `X-Future-Lens-Cache: miss`, the other waited for it and read it back.
+A permalink made on one opens on the other, an identical request sent to both at once is computed once in the
+whole cluster: exactly one answer says `X-Future-Lens-Cache: miss`, the other waited for it and read it back; and
+both key their ids with the one secret generated once and kept in the database.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -13,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from app.store import SECRET_NAME, grid_id
 from benchmarks.serving import ServerProcess
 from tests.postgres_helpers import PostgresServer
 
@@ -64,6 +67,23 @@ def test_a_permalink_made_on_one_replica_opens_on_the_other(cluster):
     assert again.headers["X-Future-Lens-Cache"] == "hit"
     assert again.content == made.content
     assert stored_rows(db_url, grid_id) == 1
+
+
+def test_replicas_key_ids_with_the_one_secret_kept_in_the_database(cluster):
+    db_url, replicas = cluster
+    answers = [httpx.post(f"{replica}/lens", json=body(f"Keyed on {replica}"), timeout=WAIT_S) for replica in replicas]
+    assert all(answer.status_code == 200 for answer in answers)
+    with psycopg.connect(db_url) as connection:
+        secrets_ = connection.execute("SELECT value FROM future_lens_meta WHERE name = %s", (SECRET_NAME,)).fetchall()
+        requests = [
+            connection.execute("SELECT request_json FROM grids WHERE id = %s", (answer.json()["id"],)).fetchone()[0]
+            for answer in answers
+        ]
+    assert len(secrets_) == 1, "the replicas must share one generated secret"
+    secret = bytes.fromhex(secrets_[0][0])
+    for answer, request_json in zip(answers, requests, strict=True):
+        canonical = json.loads(request_json)
+        assert answer.json()["id"] == grid_id(canonical, secret) != grid_id(canonical)
 
 
 @pytest.mark.parametrize("round_", range(3))

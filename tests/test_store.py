@@ -1,5 +1,6 @@
-"""The permalink store's contract, run on every backend (memory, SQLite, a real PostgreSQL server), then what is
-particular to each: SQLite's file, PostgreSQL's schema version, durability setting, locks and failures."""
+"""The permalink store's contract, run on every backend (memory, SQLite, a real PostgreSQL server): grids, locks,
+last access and the retention policy, the generated permalink secret; then what is particular to each: SQLite's file
+and migration, PostgreSQL's schema version and migration, durability setting, locks and failures."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from app.config import Settings
 from app.service import LensService
 from app.store import (
     PG_SCHEMA_VERSION,
+    TOUCH_EVERY_S,
     GridStore,
     MemoryGridStore,
     PostgresGridStore,
+    RetentionPolicy,
     SQLiteGridStore,
     StoredGrid,
+    StoreEntry,
     StoreError,
     advisory_key,
     grid_id,
@@ -171,6 +175,141 @@ def test_the_store_is_usable_while_computing_and_the_lock_is_released_after_an_e
     assert entered.is_set(), "the lock was still held after the with block ended"
 
 
+def test_computing_all_takes_every_id_and_lets_them_all_go(store, reopen):
+    first, second = ids(2, "batch")
+    with store.computing_all([second, first, second]):  # any order, repeats allowed
+        store.put(grid(first))
+    entered = [threading.Event(), threading.Event()]
+    other = reopen()
+    for id_, event in zip((first, second), entered, strict=True):
+        in_thread(lambda i=id_, e=event: enter(other, i, e)).join(WAIT_S)
+    assert all(event.is_set() for event in entered), "a lock of the batch was still held"
+
+
+# ---------- retention: last access, age and size limits, on every backend ----------
+
+DAY = 86_400.0
+NOW = 1_800_000_000.0  # a fixed "now", so the tests do not depend on the clock
+
+
+def sized(id_: str, created_at: float, size: int = 1000) -> StoredGrid:
+    """A grid of exactly `size` bytes (request + document), stored (and last accessed) at `created_at`."""
+    document = "x" * (size - len('{"text":"a"}'))
+    return StoredGrid(id_, "m", '{"text":"a"}', document, created_at, created_at)
+
+
+def surviving(store: GridStore, grid_ids: list[str]) -> list[str]:
+    return [id_ for id_ in grid_ids if store.get(id_) is not None]
+
+
+def test_a_stored_grid_records_its_last_access_and_opening_moves_it(store):
+    put = store.put(sized(GRID_ID, NOW - 10 * DAY))
+    assert put.last_accessed == NOW - 10 * DAY
+    store.opened(put, now=NOW)
+    assert store.get(GRID_ID).last_accessed == NOW
+    store.opened(store.get(GRID_ID), now=NOW + TOUCH_EVERY_S / 2)  # too soon: no write
+    assert store.get(GRID_ID).last_accessed == NOW
+    store.opened(put, now=NOW - DAY)  # a stale copy never moves the time back
+    assert store.get(GRID_ID).last_accessed == NOW
+
+
+def test_without_a_limit_retention_deletes_nothing(store):
+    for id_ in ids(3):
+        store.put(sized(id_, 0.0))
+    assert store.apply_retention(RetentionPolicy(), now=NOW) == 0
+    assert store.count() == 3
+
+
+def test_max_age_deletes_grids_idle_too_long_but_keeps_recently_opened_ones(store):
+    old, opened, young = ids(3, "age")
+    for id_ in (old, opened):
+        store.put(sized(id_, NOW - 40 * DAY))
+    store.put(sized(young, NOW - 5 * DAY))
+    store.opened(store.get(opened), now=NOW - DAY)
+    assert store.apply_retention(RetentionPolicy(max_age_s=30 * DAY), now=NOW) == 1
+    assert surviving(store, [old, opened, young]) == [opened, young]
+    assert store.apply_retention(RetentionPolicy(max_age_s=30 * DAY), now=NOW) == 0
+
+
+def test_max_size_deletes_the_longest_idle_first_and_never_recent_grids(store):
+    grids = ids(5, "size")  # idle 50, 40, 30, 20, 10 days; 1000 bytes each
+    for age, id_ in zip((50, 40, 30, 20, 10), grids, strict=True):
+        store.put(sized(id_, NOW - age * DAY))
+    store.opened(store.get(grids[0]), now=NOW - 2 * DAY)  # the oldest was opened lately: now the most recent
+    policy = RetentionPolicy(max_bytes=2500, keep_recent_s=DAY)
+    assert store.apply_retention(policy, now=NOW) == 3
+    assert surviving(store, grids) == [grids[0], grids[4]]
+    for id_ in ids(3, "fresh"):  # grids stored within keep_recent_s stay even over the limit
+        store.put(sized(id_, NOW - 60))
+    assert store.apply_retention(policy, now=NOW) == 2  # the 3000 recent bytes alone are over: both older go
+    assert surviving(store, grids) == []
+    assert store.count() == 3
+
+
+def test_a_grid_opened_after_retention_chose_it_is_not_deleted(store):
+    store.put(sized(GRID_ID, NOW - 40 * DAY))
+    store.put(sized("bbbbbbbbbbbb", NOW - 40 * DAY))
+    doomed = RetentionPolicy(max_age_s=30 * DAY).expired(store._entries(), NOW)
+    assert sorted(e.id for e in doomed) == [GRID_ID, "bbbbbbbbbbbb"]
+    store.opened(store.get(GRID_ID), now=NOW)  # a user opens it between the choice and the delete
+    assert store._remove(doomed) == 1
+    assert store.get(GRID_ID) is not None and store.get("bbbbbbbbbbbb") is None
+
+
+def test_retention_policy_orders_by_last_access_and_counts_sizes():
+    entries = [StoreEntry("a", 100.0, 10), StoreEntry("b", 300.0, 10), StoreEntry("c", 200.0, 10)]
+    by_size = RetentionPolicy(max_bytes=15, keep_recent_s=0)
+    assert [e.id for e in by_size.expired(entries, now=400.0)] == ["c", "a"]
+    strict_lru = RetentionPolicy(max_bytes=25, keep_recent_s=0)  # small old "a" would fit once "d" is gone: LRU
+    small_old = [StoreEntry("a", 100.0, 3), StoreEntry("b", 300.0, 10), StoreEntry("c", 200.0, 10)]
+    assert [e.id for e in strict_lru.expired([*small_old, StoreEntry("d", 150.0, 10)], now=400.0)] == ["d", "a"]
+    assert RetentionPolicy(max_age_s=150, max_bytes=100).expired(entries, now=400.0) == [entries[2], entries[0]]
+    assert not RetentionPolicy().active and RetentionPolicy(max_bytes=1).active
+
+
+def test_size_is_counted_in_utf8_bytes():
+    assert StoredGrid(GRID_ID, "m", "{}", '"é漢😀"', 0.0).size_bytes == 2 + 2 + 2 + 3 + 4
+
+
+# ---------- the permalink secret ----------
+
+
+def test_the_secret_is_generated_once_and_kept(reopen):
+    first = reopen()
+    secret = first.secret()
+    assert len(secret) == 32 and first.secret() == secret
+    first.close()
+    assert reopen().secret() == secret
+
+
+def test_stores_opened_at_once_agree_on_one_secret(reopen):
+    stores = [reopen() for _ in range(4)]  # on PostgreSQL: replicas starting together
+    found: list[bytes] = []
+    start = threading.Barrier(len(stores))
+
+    def read(store: GridStore) -> None:
+        start.wait(WAIT_S)
+        found.append(store.secret())
+
+    for thread in [in_thread(lambda s=s: read(s)) for s in stores]:
+        thread.join(WAIT_S)
+    assert len(found) == 4 and len(set(found)) == 1
+
+
+def test_separate_stores_have_separate_secrets(tmp_path, postgres_server):
+    first, second = SQLiteGridStore(tmp_path / "a.sqlite3"), SQLiteGridStore(tmp_path / "b.sqlite3")
+    urls = [postgres_server.create_database() for _ in range(2)]
+    pg = [PostgresGridStore(url) for url in urls]
+    try:
+        secrets_ = {first.secret(), second.secret(), MemoryGridStore().secret(), *(s.secret() for s in pg)}
+        assert len(secrets_) == 5
+    finally:
+        for store in (first, second, *pg):
+            store.close()
+        for url in urls:
+            postgres_server.drop_database(url)
+
+
 # ---------- ids ----------
 
 
@@ -180,6 +319,16 @@ def test_grid_id_is_deterministic_and_short():
     assert grid_id(request) != grid_id({"text": "b", "layers": [0, 1]})
     assert is_grid_id(grid_id(request))
     assert is_grid_id(grid_id({"text": "\ud800 lone surrogate"}))
+
+
+def test_keyed_ids_are_shared_under_one_secret_and_differ_under_another():
+    request = {"text": "Marty McFly from", "layers": [0, 1]}
+    one, other = b"k" * 32, b"o" * 32
+    assert grid_id(request, one) == grid_id(dict(reversed(request.items())), one)
+    assert grid_id(request, one) != grid_id(request, other)
+    assert grid_id(request, one) != grid_id(request)  # not the unkeyed sha256 id anyone could compute
+    assert grid_id(request, one) != grid_id({**request, "text": "Marty McFly to"}, one)
+    assert is_grid_id(grid_id(request, one))
 
 
 def test_advisory_keys_are_signed_64_bit_and_differ():
@@ -196,6 +345,29 @@ def test_sqlite_store_file_is_private_and_in_wal_mode(tmp_path):
     SQLiteGridStore(path).close()
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def assert_old_grid_kept(store: GridStore) -> None:
+    """The grid written by an older schema (created at 5.0, document '"é"') reads back, last accessed at its creation
+    and counted in UTF-8 bytes; then the store is closed."""
+    try:
+        kept = store.get(GRID_ID)
+        assert kept == StoredGrid(GRID_ID, "m", "{}", '"é"', 5.0) and kept.last_accessed == 5.0
+        assert store._entries() == [StoreEntry(GRID_ID, 5.0, 2 + 4)]
+    finally:
+        store.close()
+
+
+def test_a_sqlite_file_from_before_retention_is_migrated_and_its_grids_kept(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:  # the schema as shipped before (no version, no last access, no sizes)
+        old.execute(
+            "CREATE TABLE grids (id TEXT PRIMARY KEY, model_id TEXT NOT NULL, request_json TEXT NOT NULL, "
+            "document_json TEXT NOT NULL, created_at REAL NOT NULL)"
+        )
+        old.execute("INSERT INTO grids VALUES (?, 'm', '{}', ?, 5.0)", (GRID_ID, '"é"'))
+    assert_old_grid_kept(SQLiteGridStore(path))
+    assert_old_grid_kept(SQLiteGridStore(path))  # reopening runs no step twice
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path):
@@ -273,10 +445,27 @@ def test_postgres_schema_is_created_once_and_versioned(postgres_url):
             ("request_json", "text"),
             ("document_json", "text"),
             ("created_at", "double precision"),
+            ("last_accessed", "double precision"),
+            ("size_bytes", "bigint"),
         ]
     finally:
         for store in opened:
             store.close()
+
+
+def test_postgres_database_of_schema_1_is_migrated_and_its_grids_kept(postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as connection:  # what version 1 created
+        connection.execute(
+            "CREATE TABLE grids (id TEXT PRIMARY KEY, model_id TEXT NOT NULL, request_json TEXT NOT NULL, "
+            "document_json TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)"
+        )
+        connection.execute(
+            "CREATE TABLE future_lens_schema (singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton), "
+            "version INTEGER NOT NULL)"
+        )
+        connection.execute("INSERT INTO future_lens_schema VALUES (TRUE, 1)")
+        connection.execute("INSERT INTO grids VALUES (%s, 'm', '{}', %s, 5.0)", (GRID_ID, '"é"'))
+    assert_old_grid_kept(PostgresGridStore(postgres_url))
 
 
 def test_postgres_refuses_a_newer_schema(postgres_url):

@@ -233,6 +233,25 @@ def test_a_run_can_be_extended_with_more_examples(tiny_gptj, corpus, tmp_path):
     torch.testing.assert_close(extended.prompts, straight.prompts, atol=1e-6, rtol=1e-5)
 
 
+def test_example_order_repeats_the_pool_in_fresh_shuffles():
+    """A budget beyond the pool takes whole epochs (each a permutation), and its first epoch is the one-epoch order."""
+    order = train_module.example_order(available=10, count=25, seed=3)
+    assert len(order) == 25
+    for epoch in (order[:10], order[10:20]):
+        assert sorted(epoch.tolist()) == list(range(10))
+    assert order[20:].unique().numel() == 5
+    assert not torch.equal(order[:10], order[10:20])
+    torch.testing.assert_close(order[:10], train_module.example_order(available=10, count=10, seed=3))
+
+
+def test_a_budget_beyond_the_pool_trains_more_steps(tiny_gptj, corpus, tmp_path):
+    """--examples larger than the training pool is honoured (several epochs), not silently capped at the pool."""
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=16, n_dev=8)
+    config = TrainConfig(layers=[1], examples=40, batch=8, lr=1e-2, curve_points=[], curve_dev=8)
+    state = train_prompts(tiny_gptj, dataset, config, tmp_path / "run", None, progress=False)
+    assert len(dataset.train) < 40 and state.step == 5 and state.curve[-1]["examples"] == 40
+
+
 def test_prompts_train_in_float32_on_a_bf16_model(tiny_gptj, corpus, tmp_path):
     """AdamW's steps of ~lr (1e-5 here) survive: in a bf16 prompt (~0.4 % resolution) they would round away."""
     import copy

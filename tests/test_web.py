@@ -63,7 +63,7 @@ def stored_count(client: TestClient) -> int:
 def test_post_lens_returns_layers_by_tokens_by_n(posted, smollm2):
     grid = posted.json()
     n_tokens = len(tokenize(smollm2, TEXT))
-    assert grid["schema"] == "future-lens.grid/2"
+    assert grid["schema"] == "future-lens.grid/3"
     assert grid["method"] == "future"
     assert grid["layers"] == [0, 15, 29]
     assert len(grid["tokens"]) == n_tokens
@@ -253,7 +253,9 @@ def test_index_defaults_to_the_future_lens_when_prompts_exist(client):
 def test_index_falls_back_to_the_logit_lens_without_prompts(smollm2, tmp_path):
     bare = TestClient(create_app(Settings(db_path=tmp_path / "g.sqlite3"), LensService(smollm2, tmp_path / "none")))
     page = bare.get("/")
-    assert re.search(r'<option value="future"[^>]* disabled>', page.text)
+    assert re.search(r'<option value="future"[^>]* disabled[ >]', page.text)
+    assert re.search(r'<option value="tuned"[^>]* disabled[ >]', page.text)  # no fitted maps in that folder
+    assert re.search(r'<option value="identity"\s*>', page.text)  # training-free: always offered
     assert '<option value="logit" selected>' in page.text
     assert "Future lens unavailable" in page.text
     assert bare.get("/healthz").json()["prompt_layers"] == []

@@ -1,4 +1,5 @@
-"""The inference worker: one job at a time, bounded queue, single flight, deadlines, abandoned work skipped."""
+"""The inference worker: one job at a time, bounded queue, single flight, deadlines, abandoned work skipped, and
+compatible waiting jobs merged into one run within a cost cap."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from app.worker import DeadlineExceededError, InferenceWorker, QueueFullError
+from app.worker import DeadlineExceededError, InferenceWorker, Merge, QueueFullError
 
 
 @pytest.fixture
@@ -100,3 +101,115 @@ def test_errors_reach_the_waiter(worker) -> None:
     with pytest.raises(ValueError, match="bad"):
         worker.submit("x", broken).result(5)
     assert worker.submit("y", lambda: "still alive").result(5) == "still alive"
+
+
+# ---------- merged runs ----------
+
+
+class Recorder:
+    """A `run_many` that records each batch of items and answers each item with its own result."""
+
+    def __init__(self, fail: bool = False):
+        self.batches: list[list[str]] = []
+        self.fail = fail
+
+    def __call__(self, items):
+        self.batches.append(list(items))
+        if self.fail:
+            raise RuntimeError("merged run failed")
+        return [f"merged {item}" for item in items]
+
+
+def merged_submit(worker: InferenceWorker, key: str, run_many: Recorder, group: str = "g", cost: int = 1):
+    return worker.submit(key, lambda: f"alone {key}", merge=Merge(group, cost, key, run_many))
+
+
+@pytest.fixture
+def merging():
+    w = InferenceWorker(max_queue=10, default_timeout_s=10, max_batch_cost=10)
+    yield w
+    w.stop()
+
+
+def test_compatible_waiting_jobs_run_merged_and_each_gets_its_own_result(merging) -> None:
+    release, _ = blocker(merging)
+    run_many = Recorder()
+    tickets = {key: merged_submit(merging, key, run_many) for key in ("a", "b", "c")}
+    release.set()
+    assert {key: ticket.result(5) for key, ticket in tickets.items()} == {k: f"merged {k}" for k in "abc"}
+    assert run_many.batches == [["a", "b", "c"]]
+    assert merging.merged == 3
+
+
+def test_a_lone_job_runs_alone_at_once(merging) -> None:
+    run_many = Recorder()
+    assert merged_submit(merging, "solo", run_many).result(5) == "alone solo"
+    assert run_many.batches == []
+
+
+def test_only_jobs_of_one_group_merge_and_others_keep_their_turn(merging) -> None:
+    release, _ = blocker(merging)
+    run_many, order = Recorder(), []
+    first = merged_submit(merging, "a1", run_many, group="a")
+    other = merging.submit("plain", lambda: order.append("plain") or "plain")  # no merge: always alone
+    second = merged_submit(merging, "a2", run_many, group="a")
+    b = merged_submit(merging, "b1", run_many, group="b")
+    release.set()
+    assert [first.result(5), second.result(5), other.result(5), b.result(5)] == [
+        "merged a1",
+        "merged a2",
+        "plain",
+        "alone b1",
+    ]
+    assert run_many.batches == [["a1", "a2"]]
+
+
+def test_the_cap_bounds_a_merged_run_and_a_big_job_runs_alone(merging) -> None:
+    release, _ = blocker(merging)
+    run_many = Recorder()
+    big = merged_submit(merging, "big", run_many, cost=25)  # over the cap of 10 on its own
+    smalls = [merged_submit(merging, f"s{i}", run_many, cost=4) for i in range(5)]
+    release.set()
+    assert big.result(5) == "alone big"
+    assert [t.result(5) for t in smalls] == [f"merged s{i}" for i in range(4)] + ["alone s4"]
+    assert run_many.batches == [["s0", "s1"], ["s2", "s3"]]  # each pass at most 10: 4 + 4
+    assert merging.runs == 1 + 1 + 3  # the blocker, big alone, two merged passes, s4 alone
+
+
+def test_abandoned_jobs_are_not_merged(merging) -> None:
+    release, _ = blocker(merging)
+    run_many = Recorder()
+    kept = merged_submit(merging, "kept", run_many)
+    merged_submit(merging, "gone", run_many).give_up()
+    also = merged_submit(merging, "also", run_many)
+    release.set()
+    assert [kept.result(5), also.result(5)] == ["merged kept", "merged also"]
+    assert run_many.batches == [["kept", "also"]]
+    merging.submit("after", lambda: None).result(5)
+    assert merging.skipped == 1
+
+
+def test_a_failed_merged_run_is_retried_one_job_at_a_time(merging) -> None:
+    release, _ = blocker(merging)
+    run_many = Recorder(fail=True)
+    tickets = [merged_submit(merging, key, run_many) for key in ("x", "y")]
+
+    def broken():
+        raise ValueError("only z fails")
+
+    z = merging.submit("z", broken, merge=Merge("g", 1, "z", run_many))
+    release.set()
+    assert [t.result(5) for t in tickets] == ["alone x", "alone y"]
+    with pytest.raises(ValueError, match="only z fails"):
+        z.result(5)
+    assert run_many.batches == [["x", "y", "z"]]
+
+
+def test_identical_merged_requests_still_share_one_job(merging) -> None:
+    release, _ = blocker(merging)
+    run_many = Recorder()
+    first, second = merged_submit(merging, "same", run_many), merged_submit(merging, "same", run_many)
+    other = merged_submit(merging, "other", run_many)
+    release.set()
+    assert first.result(5) == second.result(5) == "merged same" and other.result(5) == "merged other"
+    assert run_many.batches == [["same", "other"]]

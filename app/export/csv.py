@@ -39,10 +39,15 @@ BASE_COLUMNS = (
     "probability",
     "mean_prob",
     "first_matches_next",
+    "next_rank",
+    "entropy",
+    "kl",
 )
 PIECE_COLUMNS = ("token_piece", "actual_next_piece", "predicted_piece")
+#: Cell statistics (grid/3): written when the grid has them; empty where a cell has none (`kl` of the logit lens).
+STAT_COLUMNS = ("next_rank", "entropy", "kl")
 #: Grid fields a CSV does not carry: `grid_from_csv` takes them from the grid's JSON.
-METADATA_FIELDS = ("schema", "model", "context_prefix", "prompt", "timings_ms")
+METADATA_FIELDS = ("schema", "model", "context_prefix", "prompt", "timings_ms", "continuations")
 
 
 class GridCsvError(ValueError):
@@ -58,7 +63,14 @@ def has_pieces(grid: Grid) -> bool:
 def columns(grid: Grid) -> list[str]:
     """The CSV's header: the piece columns only when the grid has pieces."""
     pieces = has_pieces(grid)
-    return [name for name in BASE_COLUMNS if pieces or name not in PIECE_COLUMNS]
+    stats = any(cell.next_rank is not None for row in grid.cells for cell in row)
+    return [
+        name for name in BASE_COLUMNS if (pieces or name not in PIECE_COLUMNS) and (stats or name not in STAT_COLUMNS)
+    ]
+
+
+def _stat(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 def _rows(grid: Grid, selection: Selection) -> Iterator[dict[str, object]]:
@@ -81,6 +93,9 @@ def _rows(grid: Grid, selection: Selection) -> Iterator[dict[str, object]]:
                 "actual_next_prob": repr(actual.prob),
                 "mean_prob": repr(cell.mean_prob),
                 "first_matches_next": str(bool(cell.tokens) and cell.tokens[0].id == actual.id).lower(),
+                "next_rank": _stat(cell.next_rank),
+                "entropy": _stat(cell.entropy),
+                "kl": _stat(cell.kl),
             }
             for kind, predictions in zip(KINDS, (cell.tokens, cell.topk), strict=True):
                 for k, predicted in enumerate(predictions):
@@ -121,21 +136,35 @@ def _in_order(tokens: dict[int, dict[str, object]]) -> list[dict[str, object]]:
     return [tokens[k] for k in range(len(tokens))]
 
 
-def _cell(kinds: dict[str, dict[int, dict[str, object]]], mean_prob: float) -> dict[str, object]:
-    return {"tokens": _in_order(kinds["predicted"]), "mean_prob": mean_prob, "topk": _in_order(kinds["topk"])}
+def _cell(
+    kinds: dict[str, dict[int, dict[str, object]]], mean_prob: float, stats: dict[str, object]
+) -> dict[str, object]:
+    return {"tokens": _in_order(kinds["predicted"]), "mean_prob": mean_prob, "topk": _in_order(kinds["topk"]), **stats}
+
+
+def _stats(row: Mapping[str, str]) -> dict[str, object]:
+    """A cell's statistics from a row (none in CSVs of grids without them)."""
+    values = {name: row.get(name) or None for name in STAT_COLUMNS}
+    rank = values["next_rank"]
+    return {
+        "next_rank": None if rank is None else int(rank),
+        **{name: None if values[name] is None else float(values[name]) for name in ("entropy", "kl")},
+    }
 
 
 def read_grid_csv(text: str) -> dict[str, object]:
     """What a grid CSV carries, as grid-JSON fields: `method`, `layers`, `prompt_layers`, `positions`, `tokens`,
     `next_tokens`, `cells`, `n_future`, `top_k` and `model` (its id only). Raises `GridCsvError`."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [name for name in BASE_COLUMNS if name not in PIECE_COLUMNS and name not in (reader.fieldnames or [])]
+    optional = (*PIECE_COLUMNS, *STAT_COLUMNS)
+    missing = [name for name in BASE_COLUMNS if name not in optional and name not in (reader.fieldnames or [])]
     if missing:
         raise GridCsvError(f"not a Future Lens grid CSV: no column {', '.join(missing)}")
     layers: dict[int, str] = {}
     tokens: dict[int, tuple[dict[str, object], dict[str, object]]] = {}
     cells: dict[tuple[int, int], dict[str, dict[int, dict[str, object]]]] = {}
     means: dict[tuple[int, int], float] = {}
+    stats: dict[tuple[int, int], dict[str, object]] = {}
     first: dict[str, str] | None = None
     try:
         for row in reader:
@@ -145,6 +174,7 @@ def read_grid_csv(text: str) -> dict[str, object]:
             tokens.setdefault(position, (_token(row, "token"), _token(row, "actual_next", "actual_next_prob")))
             cell = cells.setdefault((layer, position), {kind: {} for kind in KINDS})
             means.setdefault((layer, position), float(row["mean_prob"]))
+            stats.setdefault((layer, position), _stats(row))
             if row["kind"] not in KINDS:
                 raise GridCsvError(f"line {reader.line_num}: kind must be predicted or topk, not {row['kind']!r}")
             cell[row["kind"]][int(row["k"])] = _token(row, "predicted", "probability")
@@ -157,7 +187,10 @@ def read_grid_csv(text: str) -> dict[str, object]:
     positions, layer_list = sorted(tokens), sorted(layers)
     if len(cells) != len(layer_list) * len(positions):
         raise GridCsvError("the CSV does not have every (layer, position) cell")
-    rows = [[_cell(cells[layer, position], means[layer, position]) for position in positions] for layer in layer_list]
+    rows = [
+        [_cell(cells[layer, position], means[layer, position], stats[layer, position]) for position in positions]
+        for layer in layer_list
+    ]
     return {
         "model": {"id": first["model"]},
         "method": first["method"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from app.export.errors import FieldError
 from app.lens.grid import Grid
 from app.lens.layers import LayerSpecError, parse_layers
 
@@ -18,13 +19,8 @@ MAX_NUMBER = 100_000
 SPEC_CHARACTERS = re.compile(r"(?:all|[0-9,:\- ])*")
 
 
-class SelectionError(ValueError):
+class SelectionError(FieldError):
     """A layer or token range that cannot be read or selects nothing; `field` is `layers` or `tokens`."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
     grid = FutureLens(model).grid("Marty McFly from", layers="::3", n_future=4)
 
 `grid.cells[i][j].tokens` are the N tokens block `grid.layers[i]`'s state at token `grid.tokens[j]` anticipates.
+`FutureLens(model).track(text, [token_id])` follows tokens' first-token probability and rank through every cell.
 """
 
 from app.lens.grid import SCHEMA, Cell, Grid, TokenProb, TokenText
@@ -12,6 +13,7 @@ from app.lens.layers import LayerSpecError, parse_layers
 from app.lens.lenses import LENS_SEMANTICS, PAPER_FIXED_PROMPT, FixedPromptLens, FutureLens, Lens, LogitLens
 from app.lens.models import DEFAULT_MODEL, LoadedModel, ModelNotAvailableError, load_model, wrap_model
 from app.lens.prompts import PromptArtifactError, SoftPromptSet, load_soft_prompts
+from app.lens.track import Track, TrackedToken, TrackingUnsupportedError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -31,6 +33,9 @@ __all__ = [
     "SoftPromptSet",
     "TokenProb",
     "TokenText",
+    "Track",
+    "TrackedToken",
+    "TrackingUnsupportedError",
     "load_model",
     "load_soft_prompts",
     "parse_layers",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,19 @@ def _resolve(root, dotted: str):
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
+
+
+def attention_window(config: PretrainedConfig) -> int | None:
+    """The shortest sliding attention window any layer of the model uses (None: every layer sees every position).
+
+    `sliding_window` (Mistral, Qwen2/3 when `use_sliding_window`, Gemma 2) or `window_size` (GPT-Neo's local layers).
+    """
+    config = config.get_text_config()
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    windows = [getattr(config, name, None) for name in ("sliding_window", "window_size")]
+    windows = [window for window in windows if isinstance(window, int) and window > 0]
+    return min(windows) if windows else None
 
 
 def block_output_tensor(output: torch.Tensor | tuple) -> torch.Tensor:

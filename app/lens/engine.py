@@ -27,25 +27,77 @@ from app.lens.models import LoadedModel
 
 
 @dataclass
+class CellStats:
+    """Statistics of C cells' first-token distributions against the model's own next-token distribution there."""
+
+    next_rank: torch.Tensor  # [C] long: 1 + how many tokens the lens finds strictly likelier than the actual next
+    entropy: torch.Tensor  # [C] float32, nats
+    kl: torch.Tensor  # [C] float32, KL(model ‖ lens) in nats; NaN where the lens is not compared (logit lens)
+
+
+@dataclass
 class CellPredictions:
-    """What a lens says for C cells: N decoded tokens with probabilities, and the top-k of the first one."""
+    """What a lens says for C cells: N decoded tokens with probabilities, the top-k of the first one and (when the
+    lens was given a `CellReference`) statistics of the first token's distribution."""
 
     token_ids: torch.Tensor  # [C, N] long
     probs: torch.Tensor  # [C, N] float32
     topk_ids: torch.Tensor  # [C, K] long
     topk_probs: torch.Tensor  # [C, K] float32
+    stats: CellStats | None = None
+
+    def _map(self, fn) -> CellPredictions:
+        stats = None if self.stats is None else CellStats(*(fn(getattr(self.stats, f)) for f in _STAT_FIELDS))
+        return CellPredictions(*(fn(getattr(self, f)) for f in _PREDICTION_FIELDS), stats=stats)
 
     @staticmethod
     def concat(parts: Sequence[CellPredictions]) -> CellPredictions:
-        return CellPredictions(
-            *(torch.cat([getattr(p, f) for p in parts]) for f in CellPredictions.__dataclass_fields__)
-        )
+        tensors = (torch.cat([getattr(p, f) for p in parts]) for f in _PREDICTION_FIELDS)
+        if not all(p.stats is not None for p in parts):
+            return CellPredictions(*tensors)
+        stats = CellStats(*(torch.cat([getattr(p.stats, f) for p in parts]) for f in _STAT_FIELDS))
+        return CellPredictions(*tensors, stats=stats)
 
     def take(self, order: torch.Tensor) -> CellPredictions:
-        return CellPredictions(*(getattr(self, f)[order] for f in CellPredictions.__dataclass_fields__))
+        return self._map(lambda tensor: tensor[order])
 
     def cpu(self) -> CellPredictions:
-        return CellPredictions(*(getattr(self, f).cpu() for f in CellPredictions.__dataclass_fields__))
+        return self._map(lambda tensor: tensor.cpu())
+
+
+_PREDICTION_FIELDS = ("token_ids", "probs", "topk_ids", "topk_probs")
+_STAT_FIELDS = ("next_rank", "entropy", "kl")
+
+
+@dataclass
+class CellReference:
+    """What each of C cells' first-token distribution is measured against: the model's own next-token distribution
+    at the cell's position (`log_probs[index[c]]`, [R, V] float32) and its actual (greedy) next token `next_ids`."""
+
+    log_probs: torch.Tensor  # [R, V] float32
+    next_ids: torch.Tensor  # [R] long
+    index: torch.Tensor  # [C] long
+
+    def take(self, cells: torch.Tensor) -> CellReference:
+        return CellReference(self.log_probs, self.next_ids, self.index[cells])
+
+
+def first_token_stats(log_probs: torch.Tensor, reference: CellReference, compare: bool) -> CellStats:
+    """Rank of the actual next token, entropy and (when `compare`) KL(model ‖ lens) of first-token distributions
+    `log_probs` [C, V] (float32 log-softmax). Rank counts strictly likelier tokens, so ties share the better rank."""
+    log_probs = log_probs.float()
+    rows = reference.index.to(log_probs.device)
+    next_ids = reference.next_ids.to(log_probs.device)[rows]
+    target = log_probs.gather(1, next_ids[:, None])
+    rank = (log_probs > target).sum(dim=1) + 1
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).nan_to_num().sum(dim=1)  # 0 · log 0 = 0
+    if compare:
+        model_log_probs = reference.log_probs.to(log_probs.device)[rows]
+        kl = (model_log_probs.exp() * (model_log_probs - log_probs)).nan_to_num().sum(dim=1)
+    else:
+        kl = torch.full_like(entropy, float("nan"))
+    return CellStats(rank, entropy, kl)
 
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys and values, [rows, heads, positions, d_head]
@@ -178,12 +230,17 @@ def rows_cache(model: LoadedModel, prefix: KeysValues, rows: torch.Tensor, capac
     return cache
 
 
-def next_token_probs(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
-    """One position for every row on top of `past` cached positions; float32 probabilities of the next token."""
+def next_token_logits(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
+    """One position for every row on top of `past` cached positions; float32 logits of the next token."""
     rows = next(iter(inputs.values())).shape[0]
     mask = torch.ones(rows, past + 1, dtype=torch.long, device=model.device)  # prefix + new token, always explicit
     out = model.hf(**inputs, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
-    return torch.softmax(out.logits[:, -1].float(), dim=-1)
+    return out.logits[:, -1].float()
+
+
+def next_token_probs(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
+    """`next_token_logits` as float32 probabilities."""
+    return torch.softmax(next_token_logits(model, cache, past, **inputs), dim=-1)
 
 
 def greedy_continuation(
@@ -211,6 +268,7 @@ class PatchedCells:
     context_index: torch.Tensor  # [C] long
     layers: torch.Tensor  # [C] long
     states: torch.Tensor  # [C, d]
+    reference: CellReference | None = None  # when given, predictions carry first-token statistics
 
 
 def _decode_chunk(
@@ -221,10 +279,14 @@ def _decode_chunk(
     cache = rows_cache(model, prefix, cells.context_index, capacity=prompt_len + n_future - 1)
     last_embeds = contexts[cells.context_index, -1:]
     with patch_block_outputs(model.adapter, cells.layers, cells.states):
-        probs = next_token_probs(model, cache, prompt_len - 1, inputs_embeds=last_embeds)
+        logits = next_token_logits(model, cache, prompt_len - 1, inputs_embeds=last_embeds)
+    probs = torch.softmax(logits, dim=-1)
     topk_probs, topk_ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     token_ids, token_probs = greedy_continuation(model, cache, prompt_len, probs, n_future)
-    return CellPredictions(token_ids, token_probs, topk_ids, topk_probs)
+    stats = None
+    if cells.reference is not None:
+        stats = first_token_stats(torch.log_softmax(logits, dim=-1), cells.reference, compare=True)
+    return CellPredictions(token_ids, token_probs, topk_ids, topk_probs, stats)
 
 
 @torch.inference_mode()
@@ -262,7 +324,8 @@ def decode_patched(
             store, keys = prefixes
             prefix = store.stacked([keys[i] for i in members], [contexts[i] for i in members])
         for chunk in in_group.split(chunk_rows):
-            chunk_cells = PatchedCells(group, remap[context_index[chunk]], layers[chunk], states[chunk])
+            reference = cells.reference.take(chunk.cpu()) if cells.reference is not None else None
+            chunk_cells = PatchedCells(group, remap[context_index[chunk]], layers[chunk], states[chunk], reference)
             parts.append(_decode_chunk(model, group, prefix, chunk_cells, n_future, top_k))
             order.append(chunk)
     inverse = torch.empty_like(torch.cat(order))

@@ -1,18 +1,21 @@
 """The grid: tokens x layers, each cell what the lens reads from that hidden state; and its JSON schema.
 
-Schema `future-lens.grid/2` is documented in docs/grid-format.md. Building is pure computation (no web code).
+Schema `future-lens.grid/3` is documented in docs/grid-format.md. Building is pure computation (no web code).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.lens.engine import CellPredictions
+from app.lens.continuation import model_continuations
+from app.lens.engine import CellPredictions, CellReference
 from app.lens.models import LoadedModel
 from app.lens.source import SourcePass, run_source_pass, tokenize
 from app.lens.tokens import TokenRenderer
@@ -20,7 +23,7 @@ from app.lens.tokens import TokenRenderer
 if TYPE_CHECKING:  # lenses build grids through this module (`Lens.grid`); no import cycle at run time
     from app.lens.lenses import Lens
 
-SCHEMA = "future-lens.grid/2"
+SCHEMA = "future-lens.grid/3"
 
 
 class TokenText(BaseModel):
@@ -37,6 +40,15 @@ class Cell(BaseModel):
     tokens: list[TokenProb] = Field(description="the N predicted tokens, in order")
     mean_prob: float = Field(description="mean probability of the N predicted tokens")
     topk: list[TokenProb] = Field(description="top-k alternatives for the first predicted token")
+    next_rank: int | None = Field(
+        default=None,
+        description="rank (1 = likeliest) the first-token distribution gives the model's actual next token",
+    )
+    entropy: float | None = Field(default=None, description="entropy of the first-token distribution, in nats")
+    kl: float | None = Field(
+        default=None,
+        description="future/fixed: KL(model's next-token distribution ‖ first-token distribution), in nats",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -64,6 +76,10 @@ class Grid(BaseModel):
     layers: list[int]
     context_prefix: list[int]
     next_tokens: list[TokenProb] = Field(description="the model's own greedy next token after each input token")
+    continuations: list[list[TokenProb]] | None = Field(
+        default=None,
+        description="the model's own greedy n_future tokens after each input token (`[t][0]` is `next_tokens[t]`)",
+    )
     cells: list[list[Cell]]
     prompt: str | None = Field(default=None, description="fixed-prompt lens: the prompt text")
     prompt_layers: list[int] | None = Field(
@@ -111,66 +127,204 @@ def _cells_for(source: SourcePass, layers: list[int]) -> tuple[torch.Tensor, tor
     return states, layer_ids
 
 
-def _assemble(
-    model: LoadedModel,
-    lens: Lens,
-    source: SourcePass,
-    layers: list[int],
-    predictions: CellPredictions,
-    n_future: int,
-    top_k: int,
-    texts: _TokenTexts,
-    timings: dict[str, float],
-) -> Grid:
-    n_tokens = len(source.token_ids)
-    ids, probs = predictions.token_ids.tolist(), predictions.probs.tolist()  # one conversion, not one per cell
-    topk_ids, topk_probs = predictions.topk_ids.tolist(), predictions.topk_probs.tolist()
-    mean_probs = predictions.probs.mean(dim=1).tolist()
-    cells = []
-    for row in range(len(layers)):
-        cells.append([])
-        for column in range(n_tokens):
-            c = row * n_tokens + column
-            cells[-1].append(
-                Cell(
-                    tokens=texts.probs(ids[c], probs[c]),
-                    mean_prob=mean_probs[c],
-                    topk=texts.probs(topk_ids[c], topk_probs[c]),
-                )
+@dataclass
+class GridRow:
+    """One row of a grid being streamed: the cells of block `layer`, row `index` of the grid's `layers`."""
+
+    index: int
+    layer: int
+    cells: list[Cell]
+
+
+#: A streamed grid first computes this many rows spread over depth (the first of them alone, the others together) ...
+COARSE_ROWS = 4
+#: ... then the other rows in passes of at least this many. Each pass is a separate batched decode whose fixed cost
+#: (N full forwards of the model, however few cells) is paid again, so passes are few: benchmarks/streaming.py.
+MIN_ROWS_PER_PASS = 10
+
+
+def stream_passes(n_rows: int, coarse: int = COARSE_ROWS, min_per_pass: int = MIN_ROWS_PER_PASS) -> list[list[int]]:
+    """The order a streamed grid computes its rows in (row indices, one list per pass): the first of `coarse` rows
+    spread evenly over depth (first, last and between) alone, so a row shows early; the other coarse rows in one
+    pass, so the first screen spans the whole depth; then the rest in layer order, in as many balanced passes of at
+    least `min_per_pass` rows as fit (at least one)."""
+    spread = sorted({round(i * (n_rows - 1) / (coarse - 1)) for i in range(coarse)}) if n_rows > 1 else [0]
+    spread = spread[:n_rows]
+    rest = [row for row in range(n_rows) if row not in spread]
+    passes = [spread[:1], spread[1:]]
+    n_rest = max(1, len(rest) // min_per_pass)
+    size, extra = divmod(len(rest), n_rest)
+    start = 0
+    for index in range(n_rest):
+        end = start + size + (1 if index < extra else 0)
+        passes.append(rest[start:end])
+        start = end
+    return [p for p in passes if p]
+
+
+class _TextGrid:
+    """One text's source pass and what each of its rows needs: the cells' states, the statistics reference, the
+    model's own continuation, and turning predictions into cells."""
+
+    def __init__(self, lens: Lens, text: str, layers: list[int], n_future: int, top_k: int, texts: _TokenTexts):
+        model = lens.model
+        self.lens, self.layers, self.n_future, self.top_k, self.texts = lens, layers, n_future, top_k, texts
+        started = time.perf_counter()
+        self.source = run_source_pass(model, tokenize(model, text))
+        self.timings = {"source_pass": (time.perf_counter() - started) * 1000}
+        started = time.perf_counter()
+        self.continuation = model_continuations(model, self.source.token_ids, n_future)
+        self.timings["continuation"] = (time.perf_counter() - started) * 1000
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.source.token_ids)
+
+    def cell_inputs(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, CellReference]:
+        """States [R*T, d], their layers and the statistics reference of grid rows `rows` (row-major)."""
+        source, layers = self.source, [self.layers[row] for row in rows]
+        states, layer_ids = _cells_for(source, layers)
+        index = torch.arange(self.n_tokens).repeat(len(layers))
+        return states, layer_ids, CellReference(source.next_log_probs, source.next_token_ids, index)
+
+    def cells(self, predictions: CellPredictions) -> list[list[Cell]]:
+        """Rows of cells from the predictions of whole rows, row-major."""
+        ids, probs = predictions.token_ids.tolist(), predictions.probs.tolist()  # one conversion, not one per cell
+        topk_ids, topk_probs = predictions.topk_ids.tolist(), predictions.topk_probs.tolist()
+        mean_probs = predictions.probs.mean(dim=1).tolist()
+        stats = predictions.stats
+        ranks = stats.next_rank.tolist() if stats else None
+        entropies = stats.entropy.tolist() if stats else None
+        kls = stats.kl.tolist() if stats else None
+        cells = [
+            Cell(
+                tokens=self.texts.probs(ids[c], probs[c]),
+                mean_prob=mean_probs[c],
+                topk=self.texts.probs(topk_ids[c], topk_probs[c]),
+                next_rank=ranks[c] if ranks else None,
+                entropy=entropies[c] if entropies else None,
+                kl=None if kls is None or math.isnan(kls[c]) else kls[c],
             )
-    return Grid(
-        model=model_info(model),
-        method=lens.method,
-        n_future=n_future,
-        top_k=top_k,
-        tokens=[texts.token(i) for i in source.token_ids],
-        layers=layers,
-        context_prefix=source.context_prefix,
-        next_tokens=texts.probs(source.next_token_ids.tolist(), source.next_token_probs.tolist()),
-        cells=cells,
-        timings_ms=timings,
-        **lens.describe(layers),
+            for c in range(len(ids))
+        ]
+        return [cells[i : i + self.n_tokens] for i in range(0, len(cells), self.n_tokens)]
+
+    def grid(self, cells: list[list[Cell]], timings: dict[str, float]) -> Grid:
+        """The grid with these rows of cells (`[]` for a row not computed yet)."""
+        model, source, texts = self.lens.model, self.source, self.texts
+        continuation_ids, continuation_probs = (tensor.tolist() for tensor in self.continuation)
+        return Grid(
+            model=model_info(model),
+            method=self.lens.method,
+            n_future=self.n_future,
+            top_k=self.top_k,
+            tokens=[texts.token(i) for i in source.token_ids],
+            layers=self.layers,
+            context_prefix=source.context_prefix,
+            next_tokens=texts.probs(source.next_token_ids.tolist(), source.next_token_probs.tolist()),
+            continuations=[texts.probs(i, p) for i, p in zip(continuation_ids, continuation_probs, strict=True)],
+            cells=cells,
+            timings_ms=timings,
+            **self.lens.describe(self.layers),
+        )
+
+
+def _predict(lens: Lens, inputs: Sequence[tuple[torch.Tensor, torch.Tensor, CellReference]], n_future: int, top_k: int):
+    """The lens on the cells of several texts at once (with first-token statistics where the lens measures them)."""
+    states = torch.cat([i[0] for i in inputs])
+    layer_ids = torch.cat([i[1] for i in inputs])
+    if not lens.measures_first_token:
+        return lens.predict(states, layer_ids, n_future, top_k)
+    offsets = torch.tensor([0, *(len(i[2].next_ids) for i in inputs)]).cumsum(0)
+    reference = CellReference(
+        torch.cat([i[2].log_probs for i in inputs]),
+        torch.cat([i[2].next_ids for i in inputs]),
+        torch.cat([i[2].index + offsets[n] for n, i in enumerate(inputs)]),
     )
+    return lens.predict(states, layer_ids, n_future, top_k, reference=reference)
 
 
 def compute_grids(lens: Lens, texts: Sequence[str], layers: list[int], n_future: int, top_k: int) -> list[Grid]:
     """Grids for several texts (`layers` resolved, `n_future` already capped by the lens): one source pass per
     text, then the cells of all texts through the lens together. Public entry point: `Lens.grid`/`Lens.grids`."""
-    model = lens.model
     started = time.perf_counter()
-    sources = [run_source_pass(model, tokenize(model, text)) for text in texts]
-    source_ms = (time.perf_counter() - started) * 1000
-    flat = [_cells_for(source, layers) for source in sources]
+    decoder = _TokenTexts(lens.model)
+    text_grids = [_TextGrid(lens, text, layers, n_future, top_k, decoder) for text in texts]
+    rows = range(len(layers))
+    inputs = [text_grid.cell_inputs(rows) for text_grid in text_grids]
     lens_started = time.perf_counter()
-    predictions = lens.predict(torch.cat([f[0] for f in flat]), torch.cat([f[1] for f in flat]), n_future, top_k)
+    predictions = _predict(lens, inputs, n_future, top_k)
     lens_ms = (time.perf_counter() - lens_started) * 1000
-    decoder, grids, offset = _TokenTexts(model), [], 0
-    for source, (states, _) in zip(sources, flat, strict=True):
+    grids, offset = [], 0
+    for text_grid, (states, _, _) in zip(text_grids, inputs, strict=True):
         part = predictions.take(torch.arange(offset, offset + len(states)))
         offset += len(states)
-        timings = {"source_pass": source_ms / len(texts), "lens": lens_ms / len(texts)}
-        grids.append(_assemble(model, lens, source, layers, part, n_future, top_k, decoder, timings))
+        grids.append(text_grid.grid(text_grid.cells(part), {**text_grid.timings, "lens": lens_ms / len(texts)}))
     total_ms = (time.perf_counter() - started) * 1000
     for grid in grids:
         grid.timings_ms["total"] = total_ms / len(texts)
     return grids
+
+
+class GridStream:
+    """One text's grid computed a few rows at a time (`passes`: lists of row indices; default `stream_passes`).
+
+    `head()` is the grid before any cell (tokens, the model's own continuation, layers; every row `[]`); `rows()`
+    yields each row as its pass finishes; after it, `grid()` is the whole grid, as `Lens.grid` computes it (cells
+    may differ from it in the last float digits: other rows share each forward). No work starts before `head()` or
+    `rows()`; stopping the iteration stops the work."""
+
+    def __init__(
+        self,
+        lens: Lens,
+        text: str,
+        layers: list[int],
+        n_future: int,
+        top_k: int,
+        passes: Sequence[Sequence[int]] | None = None,
+    ):
+        self.lens, self.text, self.layers, self.n_future, self.top_k = lens, text, layers, n_future, top_k
+        self.passes = [list(p) for p in passes] if passes is not None else stream_passes(len(layers))
+        if sorted(row for p in self.passes for row in p) != list(range(len(layers))):
+            raise ValueError("passes must list every row index exactly once")
+        self._text_grid: _TextGrid | None = None
+        self._cells: list[list[Cell]] = [[] for _ in layers]
+        self._started = 0.0
+        self._lens_ms = 0.0
+        self._done = 0
+
+    def head(self) -> Grid:
+        """The grid's frame: everything but the cells (runs the source pass on first call)."""
+        return self._source().grid([[] for _ in self.layers], dict(self._source().timings))
+
+    def _source(self) -> _TextGrid:
+        if self._text_grid is None:
+            self._started = time.perf_counter()
+            self._text_grid = _TextGrid(
+                self.lens, self.text, self.layers, self.n_future, self.top_k, _TokenTexts(self.lens.model)
+            )
+        return self._text_grid
+
+    def rows(self) -> Iterator[GridRow]:
+        """Each row as soon as its pass is computed, in pass order."""
+        text_grid = self._source()
+        for rows in self.passes:
+            started = time.perf_counter()
+            predictions = _predict(self.lens, [text_grid.cell_inputs(rows)], self.n_future, self.top_k)
+            self._lens_ms += (time.perf_counter() - started) * 1000
+            for row, cells in zip(rows, text_grid.cells(predictions), strict=True):
+                self._cells[row] = cells
+                self._done += 1
+                yield GridRow(row, self.layers[row], cells)
+
+    @property
+    def rows_done(self) -> int:
+        return self._done
+
+    def grid(self) -> Grid:
+        """The whole grid, once `rows()` has run to its end."""
+        if self._done < len(self.layers):
+            raise RuntimeError(f"only {self._done} of {len(self.layers)} rows are computed")
+        text_grid = self._source()
+        total_ms = (time.perf_counter() - self._started) * 1000
+        return text_grid.grid(self._cells, {**text_grid.timings, "lens": self._lens_ms, "total": total_ms})

@@ -11,18 +11,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from app.lens.engine import CellPredictions, PatchedCells, PrefixStore, decode_patched
-from app.lens.grid import Grid, compute_grids
+from app.lens.engine import CellPredictions, CellReference, PatchedCells, PrefixStore, decode_patched, first_token_stats
+from app.lens.grid import Grid, GridStream, compute_grids
 from app.lens.layers import parse_layers
 from app.lens.models import LoadedModel
 from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
 from app.lens.source import tokenize
 
+if TYPE_CHECKING:  # track.py imports this module; `Lens.track` imports it at call time
+    from app.lens.track import Track
+
 PAPER_FIXED_PROMPT = 'Hello! Could you please tell me more about "'
+#: The token-identity target of Patchscopes (Ghandeharioun et al. 2024): few-shot "repeat the token", the source
+#: state patched at the final "?".
+IDENTITY_PATCHSCOPE_PROMPT = "cat -> cat; 1135 -> 1135; hello -> hello; ?"
 #: Version of what the lenses compute for given inputs; part of every permalink id. Bump it with any fix that
 #: changes cells (decoding, patching, prompts' use), so a stored grid is never served for the new computation.
 LENS_SEMANTICS = 1
@@ -43,10 +49,16 @@ def prompt_embeddings(model: LoadedModel, prompt: str) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def logit_lens_topk(model: LoadedModel, hidden: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final norm + unembedding of block outputs `hidden` [..., d]: the top-k next-token probabilities and ids."""
+def logit_lens_probs(model: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Final norm + unembedding of block outputs `hidden` [..., d]: float32 next-token probabilities [..., V]."""
     hidden = hidden.to(model.device, model.dtype)
-    probs = torch.softmax(model.adapter.logits_from_hidden(hidden).float(), dim=-1)
+    return torch.softmax(model.adapter.logits_from_hidden(hidden).float(), dim=-1)
+
+
+@torch.inference_mode()
+def logit_lens_topk(model: LoadedModel, hidden: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logit_lens_probs`' top-k next-token probabilities and ids."""
+    probs = logit_lens_probs(model, hidden)
     return probs.topk(min(top_k, probs.shape[-1]), dim=-1)
 
 
@@ -56,13 +68,23 @@ class Lens(ABC):
     method: ClassVar[str]
     #: The most future tokens this lens can decode (None: no limit).
     max_future: ClassVar[int | None] = None
+    #: Whether `predict` takes a `reference` and returns first-token statistics (cells of other lenses have none).
+    measures_first_token: ClassVar[bool] = False
 
     def __init__(self, model: LoadedModel):
         self.model = model
 
     @abstractmethod
-    def predict(self, states: torch.Tensor, layers: torch.Tensor, n_future: int, top_k: int) -> CellPredictions:
-        """Predictions for cells: `states` [C, d] taken at block outputs `layers` [C]."""
+    def predict(
+        self,
+        states: torch.Tensor,
+        layers: torch.Tensor,
+        n_future: int,
+        top_k: int,
+        reference: CellReference | None = None,
+    ) -> CellPredictions:
+        """Predictions for cells: `states` [C, d] taken at block outputs `layers` [C]; with `reference`, statistics
+        of each cell's first-token distribution against the model's own next-token distribution too."""
 
     def effective_future(self, n_future: int) -> int:
         return min(n_future, self.max_future) if self.max_future else n_future
@@ -87,20 +109,56 @@ class Lens(ABC):
         chosen = parse_layers(layers, self.model.adapter.n_layers)
         return compute_grids(self, texts, chosen, self.effective_future(n_future), top_k)
 
+    def stream(
+        self,
+        text: str,
+        *,
+        layers: LayerSelection = None,
+        n_future: int = 4,
+        top_k: int = 5,
+        passes: Sequence[Sequence[int]] | None = None,
+    ) -> GridStream:
+        """The grid of `text` computed a few rows at a time: iterate `.rows()` (rows as they are computed, in the
+        order of `passes`, lists of row indices; default `stream_passes`), then `.grid()` is the whole grid."""
+        chosen = parse_layers(layers, self.model.adapter.n_layers)
+        return GridStream(self, text, chosen, self.effective_future(n_future), top_k, passes)
+
+    def track(self, text: str, token_ids: Sequence[int], *, layers: LayerSelection = None) -> Track:
+        """Trajectories of `token_ids` through `text`: each one's probability as the first predicted token, and
+        its rank, at every chosen layer and position (see app/lens/track.py)."""
+        from app.lens.track import compute_track  # track.py builds on the lenses defined here
+
+        return compute_track(self, text, token_ids, parse_layers(layers, self.model.adapter.n_layers))
+
 
 class LogitLens(Lens):
     """Final norm + unembedding applied to a block's output (nostalgebraist 2020): the next token only."""
 
     method = "logit"
     max_future = 1
+    measures_first_token = True
 
-    def predict(self, states: torch.Tensor, layers: torch.Tensor, n_future: int, top_k: int) -> CellPredictions:
-        topk_probs, topk_ids = logit_lens_topk(self.model, states, top_k)
-        return CellPredictions(topk_ids[:, :1], topk_probs[:, :1], topk_ids, topk_probs).cpu()
+    @torch.inference_mode()
+    def predict(
+        self,
+        states: torch.Tensor,
+        layers: torch.Tensor,
+        n_future: int,
+        top_k: int,
+        reference: CellReference | None = None,
+    ) -> CellPredictions:
+        logits = self.model.adapter.logits_from_hidden(states.to(self.model.device, self.model.dtype)).float()
+        topk_probs, topk_ids = torch.softmax(logits, dim=-1).topk(min(top_k, logits.shape[-1]), dim=-1)
+        stats = None
+        if reference is not None:
+            stats = first_token_stats(torch.log_softmax(logits, dim=-1), reference, compare=False)
+        return CellPredictions(topk_ids[:, :1], topk_probs[:, :1], topk_ids, topk_probs, stats).cpu()
 
 
 class PatchedContextLens(Lens):
     """Patch the state into the last position of a per-layer target context at the same block, then decode."""
+
+    measures_first_token = True
 
     def __init__(self, model: LoadedModel, chunk_rows: int | None = None):
         super().__init__(model)
@@ -115,7 +173,14 @@ class PatchedContextLens(Lens):
     def context_embeddings(self, layer: int) -> torch.Tensor:
         """The target context for cells of `layer`, as input embeddings [P, d]."""
 
-    def predict(self, states: torch.Tensor, layers: torch.Tensor, n_future: int, top_k: int) -> CellPredictions:
+    def predict(
+        self,
+        states: torch.Tensor,
+        layers: torch.Tensor,
+        n_future: int,
+        top_k: int,
+        reference: CellReference | None = None,
+    ) -> CellPredictions:
         keys: dict[object, int] = {}
         contexts: list[torch.Tensor] = []
         index = []
@@ -125,7 +190,7 @@ class PatchedContextLens(Lens):
                 keys[key] = len(contexts)
                 contexts.append(self.context_embeddings(layer))
             index.append(keys[key])
-        cells = PatchedCells(contexts, torch.tensor(index), layers, states)
+        cells = PatchedCells(contexts, torch.tensor(index), layers, states, reference)
         return decode_patched(
             self.model,
             cells,
@@ -187,3 +252,13 @@ class FixedPromptLens(PatchedContextLens):
 
     def identity(self, layers: list[int]) -> dict[str, object]:
         return {"prompt": self.prompt}
+
+
+class IdentityPatchscope(FixedPromptLens):
+    """Patchscopes' token-identity target (`IDENTITY_PATCHSCOPE_PROMPT`): the fixed-prompt machinery with a preset
+    prompt that asks the model to repeat what the patched state represents; training-free."""
+
+    method = "identity"
+
+    def __init__(self, model: LoadedModel, chunk_rows: int | None = None):
+        super().__init__(model, IDENTITY_PATCHSCOPE_PROMPT, chunk_rows)

@@ -28,6 +28,7 @@ class SourcePass:
     hidden: torch.Tensor  # [n_layers, n_tokens, d_model], output of each block before the final norm
     next_token_ids: torch.Tensor  # [n_tokens], the model's greedy prediction after each position
     next_token_probs: torch.Tensor  # [n_tokens]
+    next_log_probs: torch.Tensor  # [n_tokens, vocab] float32, the model's whole next-token distribution (log)
 
 
 def normalize_text(text: str) -> str:
@@ -56,4 +57,5 @@ def run_source_pass(model: LoadedModel, token_ids: list[int]) -> SourcePass:
     hidden = torch.stack([out[0, start:] for out in outputs])
     probs = torch.softmax(logits[0, start:].float(), dim=-1)
     next_probs, next_ids = probs.max(dim=-1)
-    return SourcePass(list(token_ids), prefix, hidden, next_ids, next_probs)
+    log_probs = torch.log_softmax(logits[0, start:].float(), dim=-1)
+    return SourcePass(list(token_ids), prefix, hidden, next_ids, next_probs, log_probs)

@@ -15,17 +15,11 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from app.lens.lenses import logit_lens_topk as lens_topk
 from app.lens.models import LoadedModel
 from app.training.data import Examples
 from app.training.metrics import MAX_N, TOP_K
 
 OFFSETS = list(range(MAX_N + 1))
-
-
-def logit_lens_topk(model: LoadedModel, examples: Examples, layers: list[int]) -> dict[int, torch.Tensor]:
-    """Top-k [D, 1, K] of the logit lens per layer (N=0)."""
-    return {layer: lens_topk(model, examples.states[:, layer], TOP_K)[1].cpu()[:, None] for layer in layers}
 
 
 def bigram_table(token_lists: list[list[int]], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,15 +15,17 @@ import torch
 
 from app.atomic import atomic_write_json
 from app.lens.engine import CellPredictions, PatchedCells, decode_patched
-from app.lens.lenses import PAPER_FIXED_PROMPT, prompt_embeddings
+from app.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, PAPER_FIXED_PROMPT, prompt_embeddings
 from app.lens.lenses import logit_lens_topk as lens_topk
+from app.lens.linear import LinearMaps
 from app.lens.models import LoadedModel
 from app.lens.prompts import SoftPromptSet, read_manifest, save_soft_prompt
-from app.training.baselines import bigram_chain, bigram_table, bigram_topk, linear_baselines, logit_lens_topk
+from app.training.baselines import bigram_chain, bigram_table, bigram_topk, linear_baselines
 from app.training.data import Dataset, Examples, train_token_stream
 from app.training.metrics import (
     MAX_N,
     POSITION_BUCKETS,
+    TOP_K,
     free_running_score,
     original_log_probs_table,
     patched_topk,
@@ -31,8 +33,21 @@ from app.training.metrics import (
     score,
 )
 
-METHODS = ["learned_prompt", "fixed_prompt", "logit_lens", "bigram", "linear_model", "linear_vocab"]
-PATCHED = ("learned_prompt", "fixed_prompt")  # methods that decode phrases (free-running differs from forced)
+METHODS = [
+    "learned_prompt",
+    "fixed_prompt",
+    "identity_patchscope",
+    "logit_lens",
+    "tuned_lens",
+    "jacobian_lens",
+    "bigram",
+    "linear_model",
+    "linear_vocab",
+]
+#: methods that decode phrases (free-running differs from forced)
+PATCHED = ("learned_prompt", "fixed_prompt", "identity_patchscope")
+#: the linear lenses and the kind of maps each reads with (N = 0 only, like the logit lens)
+LINEAR_METHODS = {"tuned_lens": "tuned", "jacobian_lens": "jacobian"}
 OFFSETS = [0, 1, 2, 3]
 
 
@@ -125,8 +140,10 @@ def evaluate(
     progress: bool = True,
     dev_examples: int | None = None,
     only: list[str] | None = None,
+    linear_maps: dict[str, LinearMaps] | None = None,
 ) -> dict:
-    """Every method's per-layer metrics on the dev split (its first `dev_examples`), and the headline."""
+    """Every method's per-layer metrics on the dev split (its first `dev_examples`), and the headline. The linear
+    lenses are scored when their maps are given (`linear_maps`: kind -> maps)."""
     dev = dataset.dev.subset(slice(0, dev_examples))
     logp = original_log_probs_table(model, dev)
     positions = dev.lengths
@@ -154,17 +171,31 @@ def evaluate(
     if "fixed_prompt" in wanted:
         fixed = prompt_embeddings(model, PAPER_FIXED_PROMPT).float().cpu()
         patched("fixed_prompt", dict.fromkeys(layers, fixed))
-    if "logit_lens" in wanted:
+
+    def readout(name: str, maps: LinearMaps | None) -> None:
+        """A next-token readout of each state (the logit lens; through per-layer maps for the linear lenses)."""
         started = time.monotonic()
-        topk = logit_lens_topk(model, dev, layers)
-        record("logit_lens", topk, [0], {layer: values[:, :, 0] for layer, values in topk.items()})
-        first = {layer: lens_topk(model, dev.states[:, layer], 1) for layer in layers}
+        states = {layer: dev.states[:, layer] for layer in layers}
+        if maps is not None:
+            states = {layer: maps.apply(h, torch.full((len(h),), layer)) for layer, h in states.items()}
+        topk = {layer: lens_topk(model, h, TOP_K)[1].cpu()[:, None] for layer, h in states.items()}
+        record(name, topk, [0], {layer: values[:, :, 0] for layer, values in topk.items()})
+        first = {layer: lens_topk(model, h, 1) for layer, h in states.items()}
         decoded = {
             layer: CellPredictions(ids.cpu(), probs.cpu(), ids.cpu(), probs.cpu())
             for layer, (probs, ids) in first.items()
         }
-        methods["logit_lens"]["calibration"] = calibration_of(decoded, dev.teacher)
-        timings["logit_lens"] = round(time.monotonic() - started, 1)
+        methods[name]["calibration"] = calibration_of(decoded, dev.teacher)
+        timings[name] = round(time.monotonic() - started, 1)
+
+    if "identity_patchscope" in wanted:
+        identity = prompt_embeddings(model, IDENTITY_PATCHSCOPE_PROMPT).float().cpu()
+        patched("identity_patchscope", dict.fromkeys(layers, identity))
+    if "logit_lens" in wanted:
+        readout("logit_lens", None)
+    for name, kind in LINEAR_METHODS.items():
+        if name in wanted and linear_maps and kind in linear_maps:
+            readout(name, linear_maps[kind])
     if "bigram" in wanted:
         started = time.monotonic()
         table, _ = bigram_table(train_token_stream(model, dataset), model.adapter.vocab_size)
@@ -230,7 +261,10 @@ def write_report(report: dict, directory: Path) -> Path:
 LABELS = {
     "learned_prompt": "learned prompt",
     "fixed_prompt": "fixed prompt",
+    "identity_patchscope": "identity patchscope",
     "logit_lens": "logit lens",
+    "tuned_lens": "tuned lens",
+    "jacobian_lens": "Jacobian lens",
     "bigram": "bigram",
     "linear_model": "linear model approx.",
     "linear_vocab": "linear vocab probe",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from app.lens import (
     load_soft_prompts,
     parse_layers,
 )
+from app.lens.linear import LINEAR_KINDS, LinearLensArtifactError, LinearMaps, load_linear_maps, save_linear_maps
 from app.lens.prompts import default_prompt_dir
-from app.training.data import DataConfig, Dataset, data_cache_root, prepare_dataset
+from app.training.data import DataConfig, Dataset, data_cache_root, prepare_dataset, train_token_stream
 from app.training.evaluate import (
+    LINEAR_METHODS,
     METHODS,
     evaluate,
     merge_reports,
@@ -35,6 +38,7 @@ from app.training.evaluate import (
     update_manifest_metrics,
     write_report,
 )
+from app.training.linear_fit import fit_jacobian_lens, fit_tuned_lens
 from app.training.plot import (
     calibration_data,
     figure_data,
@@ -91,6 +95,9 @@ class TrainOptions(RunOptions):
     lr: float = 5e-4
     targets: str = "1"
     init: str = "fixed"
+    method: str = "prompt"
+    texts: int = 100
+    text_tokens: int = 16
 
 
 @dataclass(frozen=True)
@@ -166,10 +173,17 @@ def run_directory(model: LoadedModel, data: DataConfig, config: TrainConfig) -> 
     return data_cache_root() / "runs" / f"{model.id}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
+TRAIN_METHODS = ("prompt", *LINEAR_KINDS)
+
+
 def run_train(options: TrainOptions) -> Path:
-    """Train prompts for the chosen layers; returns the prompt folder."""
+    """Train prompts for the chosen layers, or fit a linear lens (`--method`); returns what was written."""
+    if options.method not in TRAIN_METHODS:
+        raise PipelineError(f"--method: expected one of {', '.join(TRAIN_METHODS)}, got {options.method!r}")
     if options.examples < 1 or options.batch < 1 or options.lr <= 0:
         raise PipelineError("--examples, --batch and --lr must be positive")
+    if options.method != "prompt":
+        return run_fit_linear(options)
     if options.init not in ("fixed", "normal"):
         raise PipelineError(f"--init: expected fixed or normal, got {options.init!r}")
     offsets = parse_targets(options.targets)
@@ -198,6 +212,52 @@ def run_train(options: TrainOptions) -> Path:
     return out
 
 
+def jacobian_texts(model: LoadedModel, dataset: Dataset, count: int, length: int) -> list[list[int]]:
+    """`count` texts of `length` tokens from the training documents: consecutive slices, spread over the documents."""
+    slices = [
+        tokens[start : start + length]
+        for tokens in train_token_stream(model, dataset)
+        for start in range(0, len(tokens) - length + 1, length * 8)
+    ]
+    if not slices:
+        raise PipelineError(f"--text-tokens: no training document has {length} tokens")
+    step = max(1, len(slices) // count)
+    return slices[::step][:count]
+
+
+def run_fit_linear(options: TrainOptions) -> Path:
+    """Fit the tuned lens (KL on the training states) or the Jacobian lens (autograd over training texts)."""
+    if options.texts < 1 or options.text_tokens < 1:
+        raise PipelineError("--texts and --text-tokens must be at least 1")
+    torch.manual_seed(options.seed)
+    model = load(options.model, options.device, options.dtype)
+    dataset = load_data(model, data_config(options))
+    if options.method == "tuned":
+        maps, _losses = fit_tuned_lens(
+            model, dataset.train, examples=options.examples, batch=options.batch, lr=options.lr, seed=options.seed
+        )
+    else:
+        texts = jacobian_texts(model, dataset, options.texts, options.text_tokens)
+        maps = fit_jacobian_lens(model, texts)
+    return save_linear_maps(options.prompts(model), model, maps)
+
+
+def load_linear_lenses(model: LoadedModel, options: EvalOptions, only: list[str]) -> dict[str, LinearMaps]:
+    """The fitted linear lenses among `only`, from the prompts' folder: a missing one is an error when named in
+    --methods, and skipped (with a note) when evaluating every method."""
+    maps = {}
+    for method, kind in LINEAR_METHODS.items():
+        if method not in only:
+            continue
+        try:
+            maps[kind] = load_linear_maps(options.prompts(model), model, kind)
+        except LinearLensArtifactError as error:
+            if options.methods is not None:
+                raise PipelineError(f"--methods {method}: {error}") from None
+            print(f"skipping {method}: {error}", file=sys.stderr)
+    return maps
+
+
 def run_eval(options: EvalOptions) -> Path:
     """Evaluate every method; write eval.json, eval.png/.svg and the learned prompts' dev metrics."""
     model = load(options.model, options.device, options.dtype)
@@ -212,8 +272,16 @@ def run_eval(options: EvalOptions) -> Path:
             raise PipelineError(f"--prompt-dir: {error}") from None
     if options.dev_examples is not None and options.dev_examples < 1:
         raise PipelineError("--dev-examples must be at least 1")
+    linear_maps = load_linear_lenses(model, options, only)
     report = evaluate(
-        model, dataset, prompts, chosen, options.probe_epochs, dev_examples=options.dev_examples, only=only
+        model,
+        dataset,
+        prompts,
+        chosen,
+        options.probe_epochs,
+        dev_examples=options.dev_examples,
+        only=only,
+        linear_maps=linear_maps,
     )
     reports = options.reports(model)
     if (reports / "eval.json").is_file():

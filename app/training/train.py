@@ -45,8 +45,16 @@ class TrainConfig:
     curve_points: list[int] = field(default_factory=lambda: [0, 200, 800, 3200, 10_000])  # + the final count
     curve_dev: int = 64
 
-    def steps(self, available: int) -> int:
-        return max(1, min(self.examples, available) // self.batch)
+    def steps(self) -> int:
+        return max(1, self.examples // self.batch)
+
+
+def example_order(available: int, count: int, seed: int) -> torch.Tensor:
+    """The first `count` training indices: successive shuffles of the pool (epochs) from one seeded generator, so a
+    budget larger than the pool repeats it and a run extended past one epoch keeps the order it already used."""
+    generator = torch.Generator().manual_seed(seed)
+    epochs = max(1, -(-count // available))
+    return torch.cat([torch.randperm(available, generator=generator) for _ in range(epochs)])[:count]
 
 
 def init_prompts(model: LoadedModel, n: int, prompt_len: int, init: str, seed: int) -> torch.Tensor:
@@ -168,8 +176,8 @@ def train_prompts(
     """Train (or resume) prompts for `config.layers`; write artifacts to `out_dir` when given. Returns the state."""
     train, dev = dataset.train, dataset.dev.subset(slice(0, config.curve_dev))
     layers = torch.tensor(config.layers, dtype=torch.long)
-    steps = config.steps(len(train))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+    steps = config.steps()
+    order = example_order(len(train), steps * config.batch, config.seed)
     state = load_run(run_dir, config)
     if state is None:
         initial = init_prompts(model, len(layers), config.prompt_len, config.init, config.seed)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 
 from app.export import MEDIA_TYPES, PngSizeError, SelectionError, export, select
@@ -14,10 +16,13 @@ from app.export.html import content_security_policy
 from app.export.png import MAX_SCALE, MIN_SCALE
 from app.export.svg import MAX_CHARS, MAX_COLUMNS, MIN_CHARS
 from app.lens.grid import Grid
-from app.service import GridRequest, Method, parse_request
+from app.lens.track import Track
+from app.service import GridRequest, InvalidRequestError, Method, parse_request
 from app.store import is_grid_id
+from app.web.cells import compute_track, replan
 from app.web.errors import ErrorBody, error_response
-from app.web.keeper import KeptGrid, keeper_of
+from app.web.keeper import GridKeeper, KeptGrid, keeper_of
+from app.web.streaming import NDJSON, ndjson_lines, start_stream, wants_ndjson
 
 router = APIRouter()
 
@@ -50,11 +55,38 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+STREAMED_200: dict[str, object] = {
+    "description": "the grid document; with `Accept: application/x-ndjson`, the streamed grid (NDJSON)",
+    "content": {
+        NDJSON: {
+            "schema": {"type": "string"},
+            "example": '{"kind":"head","rows_total":16,"grid":{...}}\n{"kind":"row","row":0,"layer":0,...}\n'
+            '... one line per row ...\n{"schema":"future-lens.grid/3",...,"id":"...","permalink":"/g/..."}\n',
+        }
+    },
+}
+
+
 class GridDocument(Grid):
     """A grid as the web API returns it: the `future-lens.grid/2` document plus its permalink."""
 
     id: str = Field(description="the permalink id")
     permalink: str = Field(description="path of the grid's page, `/g/{id}`; its JSON is at `/g/{id}.json`")
+
+
+class TrackedGridDocument(GridDocument):
+    """The grid document; with `track` in the request, its trajectories too (never stored with the permalink)."""
+
+    track: Track | None = Field(None, description="present when the request listed `track` token ids")
+
+
+async def tracked_grid_response(keeper: GridKeeper, kept: KeptGrid, token_ids: list[int]) -> Response:
+    """The stored document plus the `track` object of `token_ids`, computed on the worker."""
+    track = await compute_track(keeper, replan(keeper, kept, token_ids), kept.id, token_ids)
+    document = {**json.loads(kept.document_json), "track": track.model_dump(mode="json")}
+    content = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    headers = {"X-Future-Lens-Cache": "hit" if kept.cached else "miss"}
+    return Response(content=content, media_type="application/json", headers=headers)
 
 
 def grid_response(kept: KeptGrid) -> Response:
@@ -70,14 +102,29 @@ def grid_response(kept: KeptGrid) -> Response:
     "/lens",
     summary="Compute (or fetch) a grid",
     response_model=None,
-    responses={200: {"model": GridDocument, "description": "the grid document"}, **ERROR_RESPONSES},
+    responses={200: {**STREAMED_200, "model": TrackedGridDocument}, **ERROR_RESPONSES},
 )
 async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_examples=LENS_EXAMPLES)]) -> Response:
     """The grid of `text`: one row per layer, one column per token, N predicted tokens per cell.
 
-    Identical requests (same model, weights, prompts and normalised parameters) are served from the store.
+    Identical requests (same model, weights, prompts and normalised parameters) are served from the store. With
+    `track` (token ids) the response also has a `track` object: each token's probability and rank at every cell.
+
+    With `Accept: application/x-ndjson` the grid streams as it is computed: one JSON line for its frame (`head`),
+    one per row (`row`, coarse pass over depth first), then the final document, equal to `GET /g/{id}.json`
+    (docs/grid-format.md, "Streaming"). Closing the connection stops the computation.
     """
-    return grid_response(await keeper_of(request).get_or_compute_async(body, request.is_disconnected))
+    keeper = keeper_of(request)
+    if wants_ndjson(request.headers.get("accept")):
+        if body.track:
+            raise InvalidRequestError("track", "track is not streamed: ask without Accept: application/x-ndjson")
+        started = await asyncio.to_thread(start_stream, keeper, body)
+        lines = ndjson_lines(started, keeper.worker.default_timeout_s)
+        return StreamingResponse(lines, media_type=NDJSON, headers={"X-Accel-Buffering": "no"})
+    kept = await keeper.get_or_compute_async(body, request.is_disconnected)
+    if not body.track:
+        return grid_response(kept)
+    return await tracked_grid_response(keeper, kept, body.track)
 
 
 @router.get(

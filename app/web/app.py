@@ -11,9 +11,10 @@ from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.config import Settings, get_limits
+from app.retention import RetentionJanitor, retention_policy
 from app.service import LensService
 from app.store import GridStore, PostgresGridStore, SQLiteGridStore
-from app.web import api, docs, pages
+from app.web import api, cells, compare, docs, pages
 from app.web.bodylimit import install_body_limit
 from app.web.errors import install_error_handlers
 from app.web.keeper import GridKeeper
@@ -53,13 +54,18 @@ def create_app(
     settings = settings or Settings()
     service = service or LensService.load(settings.model, settings.device, settings.dtype, settings.prompt_dir)
     store = store or open_store(settings)
-    keeper = GridKeeper(service, store, InferenceWorker(settings.max_queue, settings.request_timeout_s))
+    worker = InferenceWorker(settings.max_queue, settings.request_timeout_s, max_batch_cost=settings.merge_max_cells)
+    secret = settings.secret.get_secret_value().encode() if settings.secret else None
+    keeper = GridKeeper(service, store, worker, secret)
+    janitor = RetentionJanitor(store, retention_policy(settings), settings.retention_interval_s)
     root = assets_root(settings)
     static_dir = root / "static"
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        janitor.start()
         yield
+        janitor.stop()
         keeper.worker.stop()
         store.close()
 
@@ -75,6 +81,7 @@ def create_app(
     app.state.service = service
     app.state.store = store
     app.state.keeper = keeper
+    app.state.janitor = janitor
     app.state.templates = template_environment(root / "templates")
     app.state.reports_dir = root / "reports"
     app.state.asset_version = asset_version(static_dir)
@@ -84,6 +91,8 @@ def create_app(
     if settings.rate_limit_per_minute is not None:
         app.add_middleware(RateLimit, buckets=TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst))
     app.include_router(api.router)
+    app.include_router(cells.router)
+    app.include_router(compare.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
     app.mount("/static", StaticFiles(directory=static_dir), name="static")

@@ -1,12 +1,15 @@
 """Grid keeping: validate a request, look it up in the permalink store, compute it only when it is new.
 
-The permalink id hashes everything that determines a grid: the canonical request (resolved layers, effective N,
-the fixed prompt), the model's id, weights fingerprint and dtype, and the hashes of the soft prompts used. So an
-identical request is served from the store, and a retrained prompt gives a new id instead of changing old links.
+The permalink id is an HMAC, under the deployment's secret, of everything that determines a grid: the canonical
+request (resolved layers, effective N, the fixed prompt), the model's id, weights fingerprint and dtype, and the
+hashes of the soft prompts used. So an identical request is served from the store, a retrained prompt gives a new id
+instead of changing old links, and without the secret nobody can tell whether a given text was submitted.
 
 All model work runs on one `InferenceWorker` (app/worker.py): a bounded queue in front of a single thread, so the
 model never runs two requests at once, identical concurrent requests are computed once (single flight keyed by the
-permalink id), a full queue is refused at once and work nobody waits for any more is skipped.
+permalink id), a full queue is refused at once and work nobody waits for any more is skipped. Waiting requests that
+differ only in their text (`PlannedGrid.merge_group`) are computed together in one engine pass, up to the worker's
+cap on cells (`merge_max_cells`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -22,7 +25,7 @@ from fastapi import Request
 from app.lens import Grid
 from app.service import GridRequest, LensService, PlannedGrid
 from app.store import GridStore, StoredGrid, grid_id, new_stored_grid
-from app.worker import DeadlineExceededError, InferenceWorker, Ticket
+from app.worker import DeadlineExceededError, InferenceWorker, Merge, Ticket
 
 
 class ClientGoneError(RuntimeError):
@@ -65,39 +68,62 @@ def _awaitable_done(ticket: Ticket) -> asyncio.Future[None]:
     return done
 
 
-class GridKeeper:
-    """Serves grids for one `LensService`, storing each new grid in `store` under its permalink id."""
+def grid_document_json(grid: Grid, key: str) -> str:
+    """The JSON document served and stored for `grid` under the permalink id `key`."""
+    document = {**grid.model_dump(mode="json", by_alias=True), "id": key, "permalink": permalink_path(key)}
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
-    def __init__(self, service: LensService, store: GridStore, worker: InferenceWorker | None = None):
+
+class GridKeeper:
+    """Serves grids for one `LensService`, storing each new grid in `store` under its permalink id.
+
+    `secret` keys the ids (HMAC); by default the one the store keeps (generated once, shared by replicas)."""
+
+    def __init__(
+        self,
+        service: LensService,
+        store: GridStore,
+        worker: InferenceWorker | None = None,
+        secret: bytes | None = None,
+    ):
         self.service = service
         self.store = store
         self.worker = worker or InferenceWorker()
+        self.secret = store.secret() if secret is None else secret
 
     def _compute_and_store(self, key: str, planned: PlannedGrid) -> KeptGrid:
-        """Runs on the worker thread: compute the grid unless it was stored meanwhile (by any process sharing the
-        store: `computing` makes them take turns per id), then store it."""
-        with self.store.computing(key):
-            stored = self.store.get(key)
-            if stored is not None:
-                return KeptGrid.from_stored(stored, cached=True)
-            grid: Grid = self.service.compute(planned)
-            document = {**grid.model_dump(mode="json", by_alias=True), "id": key, "permalink": permalink_path(key)}
-            document_json = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-            stored = self.store.put(new_stored_grid(key, self.service.model.id, planned.canonical(), document_json))
-            return KeptGrid.from_stored(stored, cached=False)
+        """Runs on the worker thread: `_compute_and_store_many` for one grid."""
+        return self._compute_and_store_many([(key, planned)])[0]
+
+    def _compute_and_store_many(self, jobs: Sequence[tuple[str, PlannedGrid]]) -> list[KeptGrid]:
+        """Runs on the worker thread: compute the grids (of one merge group) not stored meanwhile, by any process
+        sharing the store (`computing_all` makes them take turns per id), in one pass; store them; answer each."""
+        keys = [key for key, _ in jobs]
+        with self.store.computing_all(keys):
+            found = {key: self.store.get(key) for key in keys}
+            missing = [(key, planned) for key, planned in jobs if found[key] is None]
+            grids = self.service.compute_many([planned for _, planned in missing]) if missing else []
+            kept = {key: KeptGrid.from_stored(stored, cached=True) for key, stored in found.items() if stored}
+            for (key, planned), grid in zip(missing, grids, strict=True):
+                record = new_stored_grid(key, self.service.model.id, planned.canonical(), grid_document_json(grid, key))
+                kept[key] = KeptGrid.from_stored(self.store.put(record), cached=False)
+        return [kept[key] for key in keys]
 
     def lookup_or_submit(self, request: GridRequest) -> KeptGrid | Ticket:
-        """The stored grid if there is one, else a ticket for its computation on the worker.
+        """The stored grid if there is one, else a ticket for its computation on the worker (merged with waiting
+        requests of its merge group when the worker allows it).
 
         Raises `InvalidRequestError` before anything is queued or stored when the request is invalid, and
         `QueueFullError` when too many grids are already waiting.
         """
         planned = self.service.plan(request)
-        key = grid_id(planned.canonical())
+        key = grid_id(planned.canonical(), self.secret)
         stored = self.store.get(key)
         if stored is not None:
+            self.store.opened(stored)
             return KeptGrid.from_stored(stored, cached=True)
-        return self.worker.submit(key, lambda: self._compute_and_store(key, planned))
+        merge = Merge(planned.merge_group(), planned.cells, (key, planned), self._compute_and_store_many)
+        return self.worker.submit(key, lambda: self._compute_and_store(key, planned), merge=merge)
 
     def get_or_compute(self, request: GridRequest) -> KeptGrid:
         """Blocking form of `lookup_or_submit`: wait (up to the worker's deadline) for the grid."""
@@ -127,7 +153,10 @@ class GridKeeper:
     def lookup(self, grid_id: str) -> KeptGrid | None:
         """A stored grid by id (no computation)."""
         stored = self.store.get(grid_id)
-        return KeptGrid.from_stored(stored, cached=True) if stored else None
+        if stored is None:
+            return None
+        self.store.opened(stored)
+        return KeptGrid.from_stored(stored, cached=True)
 
 
 def keeper_of(request: Request) -> GridKeeper:

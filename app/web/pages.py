@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.config import get_limits
+from app.lens.grid import Grid
 from app.lens.layers import strided_layers
 from app.lens.lenses import PAPER_FIXED_PROMPT
-from app.service import GridRequest, InvalidRequestError, parse_request
+from app.service import METHOD_LABELS, GridRequest, InvalidRequestError, parse_request
 from app.store import is_grid_id
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of, permalink_path
-from app.web.render import GridView, grid_view, infer_stride
+from app.web.render import GridView, grid_view, infer_stride, row_view
 from app.web.reports import PLOTS, load_eval_report, plot_path, served_calibration
+from app.web.streaming import StreamEvent, StreamHead, StreamRow, follow, start_stream
+from app.worker import DeadlineExceededError, QueueFullError, WorkerStoppedError
 
 router = APIRouter(include_in_schema=False)
 
@@ -55,17 +62,24 @@ def future_availability(keeper: GridKeeper) -> FutureAvailability:
     return FutureAvailability(True)
 
 
-def render(request: Request, template: str, status: int = 200, **context: object) -> HTMLResponse:
-    """Render a template with the common context and the page's security headers."""
+def render_html(request: Request, template: str, **context: object) -> str:
+    """A template rendered with the common context."""
     state = request.app.state
     keeper = keeper_of(request)
-    html = state.templates.get_template(template).render(
+    return state.templates.get_template(template).render(
         asset_version=state.asset_version,
         model=keeper.service.model,
         limits=get_limits(),
         n_layers=keeper.service.model.adapter.n_layers,
+        methods=keeper.service.available_methods(),
+        method_labels=METHOD_LABELS,
         **context,
     )
+
+
+def render(request: Request, template: str, status: int = 200, **context: object) -> HTMLResponse:
+    """Render a template with the common context and the page's security headers."""
+    html = render_html(request, template, **context)
     headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "same-origin"}
     return HTMLResponse(html, status_code=status, headers=headers)
 
@@ -136,6 +150,75 @@ def submit_grid(
     response = render(request, "_result.html", **page_context(request, keeper, form, kept))
     response.headers["HX-Push-Url"] = permalink_path(kept.id)
     return response
+
+
+def stream_event(request: Request, event: StreamEvent, form: FormState, head: GridView | None) -> ServerSentEvent:
+    """One Server-Sent Event of a streamed grid, as HTML the page swaps in (rendered here, so escaped here)."""
+    if isinstance(event, StreamHead):
+        view = kept_view_of(request, event.grid)
+        html = render_html(request, "_streaming.html", view=view, total=event.rows_total, done=0)
+        return ServerSentEvent(json.dumps({"html": html, "total": event.rows_total}), event="head")
+    if isinstance(event, StreamRow):
+        grid, row = head.grid, event.row
+        view = row_view(grid, row.index, row.cells)
+        macro = request.app.state.templates.get_template("_row.html").module.grid_row
+        cells = grid.model_copy(update={"cells": [row.cells], "layers": [row.layer]})  # this row alone
+        payload = {
+            "r": row.index,
+            "html": str(macro(view, row.index, len(grid.tokens), grid.n_future)),
+            "cells": GridView(cells, "", "", False, []).popover_data()["cells"][0],
+            "done": event.rows_done,
+            "total": event.rows_total,
+        }
+        return ServerSentEvent(json.dumps(payload), event="row")
+    kept = event.kept
+    html = render_html(request, "_result.html", **page_context(request, keeper_of(request), form, kept))
+    return ServerSentEvent(json.dumps({"html": html, "permalink": permalink_path(kept.id)}), event="done")
+
+
+def failed_event(request: Request, field: str | None, message: str) -> ServerSentEvent:
+    html = render_html(request, "_error.html", error={"field": field, "message": message})
+    return ServerSentEvent(json.dumps({"html": html, "field": field}), event="failed")
+
+
+def kept_view_of(request: Request, grid: Grid) -> GridView:
+    """A grid being computed (no id yet) ready to render."""
+    return grid_view(grid, "", "", False)
+
+
+@router.get("/grid/stream")
+async def stream_grid(
+    request: Request,
+    text: str = "",
+    method: str = "future",
+    n_future: str = "4",
+    stride: str = str(DEFAULT_STRIDE),
+    prompt: str = PAPER_FIXED_PROMPT,
+) -> EventSourceResponse:
+    """The form's grid as Server-Sent Events (`head`, one `row` per row, `done` with the stored grid's HTML and
+    permalink, or `failed`). Closing the connection (the page, or its Cancel button) stops the computation."""
+    keeper = keeper_of(request)
+    form = FormState(text=text, method=method, n_future=n_future, stride=stride, prompt=prompt)
+    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Accel-Buffering": "no"}
+    try:
+        started = await asyncio.to_thread(start_stream, keeper, form_request(keeper, form))
+    except InvalidRequestError as error:
+        failed = failed_event(request, "stride" if error.field == "layers" else error.field, error.message)
+        return EventSourceResponse(iter([failed]), headers=headers)
+    except QueueFullError as error:
+        return EventSourceResponse(iter([failed_event(request, None, str(error))]), headers=headers)
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        head: GridView | None = None
+        try:
+            async for event in follow(started, keeper.worker.default_timeout_s):
+                if isinstance(event, StreamHead):
+                    head = kept_view_of(request, event.grid)
+                yield stream_event(request, event, form, head)
+        except (DeadlineExceededError, WorkerStoppedError) as error:
+            yield failed_event(request, None, f"The grid could not be computed: {error}")
+
+    return EventSourceResponse(events(), headers=headers, ping=15)
 
 
 def form_from_stored(kept: KeptGrid, n_layers: int) -> FormState:

@@ -7,7 +7,7 @@ reaches the page as HTML.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -15,7 +15,7 @@ from markupsafe import Markup, escape
 
 from app.export.palette import EMPTY_TOKEN_MARK, percent, prob_bucket
 from app.lens.display import WHITESPACE_MARKS
-from app.lens.grid import Grid
+from app.lens.grid import Cell, Grid, TokenProb
 from app.lens.layers import strided_layers
 from app.web.reports import CALIBRATION_N, Calibration
 
@@ -85,6 +85,11 @@ class CellView:
     bucket: int
     match: bool
     mean_prob: float
+    agree: list[bool] = field(default_factory=list)  # per token: equal to the model's own continuation there
+
+    @property
+    def n_agree(self) -> int:
+        return sum(self.agree)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class RowView:
     layer: int
     prompt_layer: int | None
     cells: list[CellView]
+    pending: bool = False  # a streamed grid's row not computed yet
 
     @property
     def borrowed(self) -> bool:
@@ -116,6 +122,11 @@ class GridView:
         return [row for row in self.rows if row.borrowed]
 
     @property
+    def continuation(self) -> list[list[TokenProb]]:
+        """The bottom row: the model's own continuation after each token."""
+        return model_continuation(self.grid)
+
+    @property
     def n_rows(self) -> int:
         return len(self.rows)
 
@@ -133,12 +144,14 @@ class GridView:
             "prompt_layers": grid.prompt_layers,
             "tokens": [token.text for token in grid.tokens],
             "next": [[token.text, round(token.prob, 5)] for token in grid.next_tokens],
+            "cont": [[[token.text, round(token.prob, 5)] for token in row] for row in model_continuation(grid)],
             "cells": [
                 [
                     {
                         "t": [[token.text, round(token.prob, 5)] for token in cell.tokens],
                         "k": [[token.text, round(token.prob, 5)] for token in cell.topk],
                         "m": round(cell.mean_prob, 5),
+                        "s": [cell.next_rank, _rounded(cell.entropy), _rounded(cell.kl)],
                     }
                     for cell in row
                 ]
@@ -151,22 +164,40 @@ def grid_view(
     grid: Grid, grid_id: str, permalink: str, cached: bool, calibration: Calibration | None = None
 ) -> GridView:
     """Rows of cells with their shade and whether the first predicted token is the model's actual next token;
-    `calibration` (the served model's measured one for this grid's method) adds the legend's second row."""
-    next_ids = [token.id for token in grid.next_tokens]
-    rows = []
-    for index, (layer, row) in enumerate(zip(grid.layers, grid.cells, strict=True)):
-        cells = [
+    `calibration` (the served model's measured one for this grid's method) adds the legend's second row. Rows
+    without cells (a streamed grid's rows still being computed) are pending."""
+    rows = [row_view(grid, index, row) for index, row in enumerate(grid.cells)]
+    return GridView(grid, grid_id, permalink, cached, rows, legend_calibration(calibration, grid.n_future))
+
+
+def model_continuation(grid: Grid) -> list[list[TokenProb]]:
+    """The model's own greedy tokens after each position: `continuations`, or only the next token (grid/1, /2)."""
+    return grid.continuations if grid.continuations is not None else [[token] for token in grid.next_tokens]
+
+
+def row_view(grid: Grid, index: int, cells: list[Cell]) -> RowView:
+    """Row `index` of `grid` with these cells: each cell's shade, first-token match and, token by token, whether it
+    agrees with the model's own continuation at that position."""
+    continuation = model_continuation(grid)
+    views = []
+    for column, cell in enumerate(cells):
+        own = [token.id for token in continuation[column]]
+        agree = [step < len(own) and token.id == own[step] for step, token in enumerate(cell.tokens)]
+        views.append(
             CellView(
                 tokens=[token.text for token in cell.tokens],
                 bucket=prob_bucket(cell.mean_prob),
-                match=bool(cell.tokens) and cell.tokens[0].id == next_ids[column],
+                match=bool(cell.tokens) and cell.tokens[0].id == grid.next_tokens[column].id,
                 mean_prob=cell.mean_prob,
+                agree=agree,
             )
-            for column, cell in enumerate(row)
-        ]
-        prompt_layer = grid.prompt_layers[index] if grid.prompt_layers else None
-        rows.append(RowView(layer, prompt_layer, cells))
-    return GridView(grid, grid_id, permalink, cached, rows, legend_calibration(calibration, grid.n_future))
+        )
+    prompt_layer = grid.prompt_layers[index] if grid.prompt_layers else None
+    return RowView(grid.layers[index], prompt_layer, views, pending=not cells)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def infer_stride(layers: list[int], n_layers: int) -> int | None:
