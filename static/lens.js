@@ -14,7 +14,7 @@
   function gridData(cell) {
     /* A compare page has one island per pane ([data-pane]); a grid page one, #grid-data. */
     var pane = cell && cell.closest("[data-pane]");
-    var island = pane ? pane.querySelector("template.grid-data") : document.getElementById("grid-data");
+    var island = pane ? pane.querySelector('template[id^="grid-data"]') : document.getElementById("grid-data");
     if (!island) return null;
     if (!island._parsed) island._parsed = JSON.parse((island.content || island).textContent);
     return island._parsed;

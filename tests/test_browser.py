@@ -149,12 +149,12 @@ def test_submit_shows_the_grid_with_progress_and_permalink(base_url, watched, sm
     assert page.input_value("#text") == "Marty McFly from"
     page.evaluate(
         """() => {
+            // the streamed grid's progress bar (rows done of total) shows while the rows are computed
             window.__progressSeen = false;
-            const progress = document.getElementById("progress");
             new MutationObserver(() => {
-                if (progress.classList.contains("htmx-request") && getComputedStyle(progress).display !== "none")
-                    window.__progressSeen = true;
-            }).observe(progress, {attributes: true});
+                const progress = document.getElementById("stream-progress");
+                if (progress && getComputedStyle(progress).display !== "none") window.__progressSeen = true;
+            }).observe(document.getElementById("result"), {childList: true, subtree: true});
         }"""
     )
     text = "Marty McFly from the future"

@@ -170,7 +170,7 @@ def test_grid_json_validates_against_the_schema(tiny_gpt2: LoadedModel) -> None:
     required = {"schema", "model", "method", "n_future", "tokens", "layers", "context_prefix", "cells", "timings_ms"}
     assert required <= payload.keys()
     assert set(payload["model"]) == {"id", "n_layers", "d_model", "dtype", "fingerprint", "quantization"}
-    assert set(payload["cells"][0][0]) == {"tokens", "mean_prob", "topk"}
+    assert set(payload["cells"][0][0]) == {"tokens", "mean_prob", "topk", "next_rank", "entropy", "kl"}
     assert Grid.model_validate(payload) == grid
     payload["cells"][0][0]["tokens"] = "oops"
     with pytest.raises(ValueError):

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.service import LensService
 from app.web.app import create_app
 
-PAGE_SCRIPTS = 2  # htmx and lens.js: the only <script> elements a full page has
+PAGE_SCRIPTS = 3  # htmx, lens.js and cells.js: the only <script> elements a full page has
 FRAGMENT_SCRIPTS = 0
 INJECTIONS = [
     "<script>alert(1)</script>",

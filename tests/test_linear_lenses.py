@@ -164,10 +164,11 @@ def test_linear_maps_round_trip_and_refuse_other_weights(tiny_llama: LoadedModel
     path = save_linear_maps(tmp_path, tiny_llama, maps)
     assert path == linear_lens_file(tmp_path, "tuned")
     loaded = load_linear_maps(tmp_path, tiny_llama, "tuned")
-    torch.testing.assert_close(loaded.weight, maps.weight)
+    torch.testing.assert_close(loaded.weight, maps.weight.half().float())  # stored in float16, read as float32
+    assert loaded.weight.dtype == torch.float32
     torch.testing.assert_close(loaded.bias, maps.bias)
     assert loaded.metadata["model_fingerprint"] == tiny_llama.fingerprint and loaded.metadata["examples"] == "12"
-    assert TunedLens(tiny_llama, tmp_path).maps.content_hash() == maps.content_hash()
+    assert TunedLens(tiny_llama, tmp_path).maps.content_hash() == loaded.content_hash() != maps.content_hash()
     with pytest.raises(LinearLensArtifactError, match="fingerprint"):
         load_linear_maps(tmp_path, tiny_gptj, "tuned")
     with pytest.raises(LinearLensArtifactError, match="no jacobian lens"):

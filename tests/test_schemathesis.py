@@ -85,7 +85,16 @@ def api_schema(service, tmp_path):
 
 
 EXPORTS = [("GET", f"/g/{{grid_id}}.{fmt}") for fmt in ("svg", "png", "csv", "html")]
-OPERATIONS = [("POST", "/lens"), ("GET", "/lens"), ("GET", "/g/{grid_id}.json"), ("GET", "/healthz"), *EXPORTS]
+CELL_TOOLS = [("GET", f"/g/{{grid_id}}/{tool}") for tool in ("track.json", "track.svg", "code.py")]
+OPERATIONS = [
+    ("POST", "/lens"),
+    ("GET", "/lens"),
+    ("GET", "/g/{grid_id}.json"),
+    ("GET", "/healthz"),
+    ("GET", "/compare/{id_a}/{id_b}.json"),
+    *EXPORTS,
+    *CELL_TOOLS,
+]
 # Nothing schemathesis can make invalid (no input; one string path segment): positive runs only.
 POSITIVE_ONLY = {("GET", "/healthz"), ("GET", "/g/{grid_id}.json")}
 RUNS = [

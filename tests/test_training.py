@@ -266,3 +266,17 @@ def test_prompts_train_in_float32_on_a_bf16_model(tiny_gptj, corpus, tmp_path):
     assert state.prompts.dtype == torch.float32
     moved = (state.prompts - start).abs()
     assert moved.max() > 0 and (moved > 0).float().mean() > 0.5
+
+
+def test_prompt_summary_says_which_layers_had_which_budget():
+    """Layers trained with different budgets are reported as such, not as the first layer's budget."""
+    from app.lens.prompts import SoftPromptSet
+    from app.training.evaluate import prompt_summary
+    from app.web.reports import prompt_training
+
+    metadata = {layer: {"examples": "10000" if 1 <= layer <= 2 else "4160", "lr": "0.002"} for layer in range(4)}
+    prompts = SoftPromptSet(None, dict.fromkeys(range(4), torch.zeros(2, 3)), metadata)
+    summary = prompt_summary(prompts)
+    assert summary["examples"] == {"4160": [0, 3], "10000": [1, 2]} and summary["lr"] == "0.002"
+    line = prompt_training(summary)
+    assert "4160 (layers 0, 3), 10000 (layers 1–2) examples per layer" in line and "learning rate 0.002" in line

@@ -317,7 +317,7 @@ def test_token_text_is_escaped_in_the_page(client):
     html = page.text
     assert "<script>alert" not in html
     assert "<img src=x" not in html
-    assert html.count("<script") == 2  # htmx and lens.js, nothing else
+    assert html.count("<script") == 3  # htmx, lens.js and cells.js, nothing else
     assert "&lt;" in html
     island = re.search(r'<template id="grid-data">(.*?)</template>', html, re.S).group(1)
     assert "<" not in island
@@ -683,7 +683,11 @@ def layer3_client(smollm2, tmp_path_factory) -> TestClient:
 
 def test_borrowed_rows_are_grey_and_labelled(layer3_client):
     page = grid_page(layer3_client, {"text": TEXT, "method": "future", "layers": "2,3", "n_future": 1})
-    rows = re.findall(r"<tr( class=\"borrowed\")?>\s*<th class=\"layer-head\" scope=\"row\">(.*?)</th>", page, re.S)
+    rows = re.findall(
+        r"<tr data-row=\"\d+\" class=\"(borrowed)?[^\"]*\">\s*<th class=\"layer-head\" scope=\"row\">(.*?)</th>",
+        page,
+        re.S,
+    )
     assert [(bool(borrowed), head) for borrowed, head in rows] == [
         (True, '<span class="layer-num">2</span><span class="borrowed-label">prompt from layer 3</span>'),
         (False, '<span class="layer-num">3</span>'),

@@ -234,9 +234,15 @@ def prompt_summary(prompts: SoftPromptSet | None) -> dict:
     """Training facts of the learned prompts (from their artifact metadata)."""
     if prompts is None:
         return {}
-    first = prompts.metadata[min(prompts.metadata)]
     keys = ("trained_on_n", "examples", "steps", "batch", "lr", "init", "seed", "objective")
-    return {"directory": str(prompts.directory), **{k: first.get(k) for k in keys}}
+    summary: dict[str, object] = {"directory": str(prompts.directory)}
+    for key in keys:
+        by_value: dict[object, list[int]] = {}
+        for layer in sorted(prompts.metadata):
+            by_value.setdefault(prompts.metadata[layer].get(key), []).append(layer)
+        # one value for every layer, else which layers have which (e.g. a budget extended for some layers)
+        summary[key] = next(iter(by_value)) if len(by_value) == 1 else {str(v): ls for v, ls in by_value.items()}
+    return summary
 
 
 def update_manifest_metrics(model: LoadedModel, prompts: SoftPromptSet, report: dict) -> None:

@@ -17,12 +17,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from app.lens.diff import DEFAULT_THRESHOLD, CellDiff, ColumnPair, GridDiff, check_threshold, diff_grids, select_rows
 from app.lens.grid import Grid
 from app.lens.layers import LayerSpecError, parse_layers
-from app.lens.lenses import PAPER_FIXED_PROMPT
 from app.service import METHOD_LABELS, InvalidRequestError
 from app.store import is_grid_id
 from app.web.errors import ErrorBody, error_response
 from app.web.keeper import KeptGrid, keeper_of, permalink_path
-from app.web.pages import DEFAULT_STRIDE, FormState, form_request, render
+from app.web.pages import SubmittedForm, form_request, render
 from app.web.render import GridView, grid_view
 
 router = APIRouter()
@@ -252,19 +251,14 @@ def compare_view(
 @router.post("/compare", include_in_schema=False)
 def submit_compare(
     request: Request,
+    form: SubmittedForm,
     a: Annotated[str, Form()] = "",
-    text: Annotated[str, Form()] = "",
-    method: Annotated[str, Form()] = "future",
-    n_future: Annotated[str, Form()] = "4",
-    stride: Annotated[str, Form()] = str(DEFAULT_STRIDE),
-    prompt: Annotated[str, Form()] = PAPER_FIXED_PROMPT,
 ) -> Response:
     """ "Compare with…" from a grid: computes (or finds) grid B from the form, then opens `/compare/{a}/{b}`."""
     keeper = keeper_of(request)
     kept_a = keeper.lookup(a) if is_grid_id(a) else None
     if kept_a is None:
         return problem_page(request, 404, "a", f"no stored grid has the id {a!r} to compare with")
-    form = FormState(text=text, method=method, n_future=n_future, stride=stride, prompt=prompt)
     try:
         kept_b = keeper.get_or_compute(form_request(keeper, form))
     except InvalidRequestError as error:

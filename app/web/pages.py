@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -123,19 +123,25 @@ def index(request: Request) -> HTMLResponse:
     return render(request, "index.html", **page_context(request, keeper_of(request), FormState()))
 
 
-@router.post("/grid", response_class=HTMLResponse)
-def submit_grid(
-    request: Request,
+def submitted_form(
     text: Annotated[str, Form()] = "",
     method: Annotated[str, Form()] = "future",
     n_future: Annotated[str, Form()] = "4",
     stride: Annotated[str, Form()] = str(DEFAULT_STRIDE),
     prompt: Annotated[str, Form()] = PAPER_FIXED_PROMPT,
-) -> Response:
+) -> FormState:
+    """The grid form as posted (the page's form and "Compare with…" share it); checked later by `form_request`."""
+    return FormState(text=text, method=method, n_future=n_future, stride=stride, prompt=prompt)
+
+
+SubmittedForm = Annotated[FormState, Depends(submitted_form)]
+
+
+@router.post("/grid", response_class=HTMLResponse)
+def submit_grid(request: Request, form: SubmittedForm) -> Response:
     """The form's target. htmx gets the grid fragment (and the permalink pushed to the address bar);
     a plain form post is redirected to the permalink page. Invalid input: 422 with the message inline."""
     keeper = keeper_of(request)
-    form = FormState(text=text, method=method, n_future=n_future, stride=stride, prompt=prompt)
     is_htmx = request.headers.get("HX-Request") == "true"
     try:
         kept = keeper.get_or_compute(form_request(keeper, form))

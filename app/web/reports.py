@@ -139,13 +139,21 @@ def prompt_training(prompts: dict) -> str:
     """The report's `prompts` summary in one line: examples per layer, steps × batch, learning rate, objective."""
     parts = []
     if "examples" in prompts:
-        parts.append(f"{prompts['examples']} examples per layer")
+        parts.append(f"{by_layers(prompts['examples'])} examples per layer")
     if "steps" in prompts:
-        parts.append(f"{prompts['steps']} steps" + (f" of batch {prompts['batch']}" if "batch" in prompts else ""))
+        batch = f" of batch {by_layers(prompts['batch'])}" if "batch" in prompts else ""
+        parts.append(f"{by_layers(prompts['steps'])} steps{batch}")
     for key, label in (("lr", "learning rate"), ("objective", "objective"), ("init", "initialised from")):
         if key in prompts:
-            parts.append(f"{label} {prompts[key]}")
+            parts.append(f"{label} {by_layers(prompts[key])}")
     return " · ".join(parts)
+
+
+def by_layers(value: object) -> str:
+    """A training fact shared by every layer, or `{value: layers}` where layers differ: "10000 (layers 10-21), ..."."""
+    if not isinstance(value, dict):
+        return str(value)
+    return ", ".join(f"{v} (layers {layer_ranges(layers)})" for v, layers in value.items())
 
 
 def report_facts(data: dict, fingerprint: str) -> list[tuple[str, str]]:
