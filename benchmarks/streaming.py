@@ -1,11 +1,12 @@
 """Benchmark streamed grids against plain ones: time to the first row and to the whole grid, side by side.
 
-Run: `python benchmarks/streaming.py` (`--repeats 3`). The embedded model with its shipped prompts, a 20-token text,
+Run: `python -m benchmarks.streaming` (`--repeats 3`). The embedded model with its shipped prompts, a 20-token text,
 two settings: the page's defaults (future lens, N=4, layer stride 2: 16 of 30 layers) and all 30 layers. A plain
 grid shows nothing before it is whole, so its time to first row is its full time. Each figure is the median of
 `--repeats` interleaved rounds after one warm-up run of each mode (prefix keys/values cached, as on a running
-server); the last line is JSON. The streamed modes: the shipped schedule (`stream_passes`) and the first one (4 rows
-per pass), which showed what each extra pass costs.
+server); the last line is JSON. Streamed modes: the shipped schedule (`stream_waves`: two rows first, the rest as
+they leave, overlapped in one running decode, app/lens/staggered.py), and the same waves decoded one after another
+(each its own batched decode, as streaming first worked), which shows what overlapping saves.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from app.lens.grid import COARSE_ROWS, MIN_ROWS_PER_PASS, stream_passes
+from app.lens.grid import stream_waves
 from app.lens.layers import strided_layers
-from app.lens.lenses import FutureLens
+from app.lens.lenses import FutureLens, Lens
 from app.lens.models import DEFAULT_MODEL, load_model
 from app.lens.source import tokenize
 
@@ -76,21 +77,17 @@ def plain(lens: FutureLens, text: str, layers: list[int], n_future: int) -> tupl
     return full, full
 
 
-def small_passes(n_rows: int, coarse: int = COARSE_ROWS, per_pass: int = 4) -> list[list[int]]:
-    """The first schedule, kept for comparison: each coarse row in a pass of its own, then 4 rows per pass."""
-    if n_rows <= coarse:
-        return [[row] for row in range(n_rows)]
-    spread = sorted({round(i * (n_rows - 1) / (coarse - 1)) for i in range(coarse)})
-    rest = [row for row in range(n_rows) if row not in spread]
-    return [[row] for row in spread] + [rest[i : i + per_pass] for i in range(0, len(rest), per_pass)]
+class OneWaveAtATime(FutureLens):
+    """The future lens decoding each wave on its own (`Lens.predict_waves`' plain default), for comparison."""
+
+    def predict_waves(self, *args, **kwargs):
+        return Lens.predict_waves(self, *args, **kwargs)
 
 
-SCHEDULES = {"shipped": stream_passes, "4 rows/pass": small_passes}
-
-
-def streamed(lens: FutureLens, text: str, layers: list[int], n_future: int, schedule: str) -> tuple[float, float]:
+def streamed(lens: FutureLens, text: str, layers: list[int], n_future: int) -> tuple[float, float]:
+    """Seconds to the first row and to the whole grid."""
     started = time.perf_counter()
-    stream = lens.stream(text, layers=layers, n_future=n_future, passes=SCHEDULES[schedule](len(layers)))
+    stream = lens.stream(text, layers=layers, n_future=n_future)
     first = None
     for _ in stream.rows():
         first = first or time.perf_counter() - started
@@ -99,19 +96,17 @@ def streamed(lens: FutureLens, text: str, layers: list[int], n_future: int, sche
 
 
 def interleaved_medians(
-    modes: dict[str, Callable[[], tuple[float, float]]], repeats: int
-) -> dict[str, tuple[float, float]]:
-    """Each mode's median (first row s, full s): one warm-up each (prefix keys/values stored, allocator warm), then
+    modes: dict[str, Callable[[], tuple[float, ...]]], repeats: int
+) -> dict[str, tuple[float, ...]]:
+    """Each mode's median of every figure: one warm-up each (prefix keys/values stored, allocator warm), then
     `repeats` rounds running every mode once, so a change in the machine's load hits all modes alike."""
     for fn in modes.values():
         fn()
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in modes}
+    runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in modes}
     for _ in range(repeats):
         for name, fn in modes.items():
             runs[name].append(fn())
-    return {
-        name: (statistics.median(r[0] for r in got), statistics.median(r[1] for r in got)) for name, got in runs.items()
-    }
+    return {name: tuple(statistics.median(column) for column in zip(*got, strict=True)) for name, got in runs.items()}
 
 
 def main() -> None:
@@ -119,44 +114,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--n-future", type=int, default=4)
-    parser.add_argument(
-        "--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES), help="streaming schedules to time"
-    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model = load_model(DEFAULT_MODEL)
-    lens = FutureLens(model)
+    lenses = {"staggered (shipped)": FutureLens(model), "one wave at a time": OneWaveAtATime(model)}
     text = text_of_tokens(model, args.tokens)
     n_layers = model.adapter.n_layers
     print(
         f"{model.id} on {model.device} ({model.dtype_name}), {torch.get_num_threads()} threads; "
-        f"{len(tokenize(model, text))}-token text, N={args.n_future}; shipped schedule: 1 row, {COARSE_ROWS - 1} more "
-        f"over depth, then >= {MIN_ROWS_PER_PASS} rows per pass; median of {args.repeats} interleaved rounds"
+        f"{len(tokenize(model, text))}-token text, N={args.n_future}; median of {args.repeats} interleaved rounds"
     )
+    print(f"{'setting':<20}{'mode':<22}{'first row s':>12}{'full s':>8}{'first/plain':>12}{'full/plain':>11}")
     results = []
-    header = f"{'setting':<22}{'mode':<26}{'first row s':>12}{'full grid s':>12}{'first/plain':>12}{'full/plain':>12}"
-    print(header)
     for name, layers in [
         ("UI defaults (16 L)", strided_layers(n_layers, 2)),
         ("all layers (30 L)", list(range(n_layers))),
     ]:
-        modes = {"plain": lambda layers=layers: plain(lens, text, layers, args.n_future)}
-        for schedule in args.schedules:
-            modes[schedule] = lambda layers=layers, schedule=schedule: streamed(
-                lens, text, layers, args.n_future, schedule
-            )
+        modes = {"plain": lambda layers=layers: plain(lenses["staggered (shipped)"], text, layers, args.n_future)}
+        for mode, lens in lenses.items():
+            modes[mode] = lambda layers=layers, lens=lens: streamed(lens, text, layers, args.n_future)
         medians = interleaved_medians(modes, args.repeats)
-        plain_first, plain_full = medians.pop("plain")
-        print(f"{name:<22}{'plain':<26}{plain_first:>12.2f}{plain_full:>12.2f}{1:>12.2f}{1:>12.2f}")
-        row = {"setting": name, "layers": len(layers), "plain_full_s": plain_full, "streamed": {}}
-        for schedule, (first, full) in medians.items():
-            passes = len(SCHEDULES[schedule](len(layers)))
-            mode = f"streamed, {schedule} ({passes})"
+        plain_full = medians["plain"][1]
+        waves = stream_waves(len(layers), args.n_future)
+        row = {"setting": name, "layers": len(layers), "waves": waves, "plain_full_s": plain_full, "streamed": {}}
+        for mode, (first, full) in medians.items():
             print(
-                f"{name:<22}{mode:<26}{first:>12.2f}{full:>12.2f}{first / plain_full:>12.2f}{full / plain_full:>12.2f}"
+                f"{name:<20}{mode:<22}{first:>12.2f}{full:>8.2f}{first / plain_full:>12.2f}{full / plain_full:>11.2f}"
             )
-            entry = {"passes": passes, "first_row_s": first, "full_s": full, "full_ratio": full / plain_full}
-            row["streamed"][schedule] = entry
+            if mode != "plain":
+                row["streamed"][mode] = {"first_row_s": first, "full_s": full, "full_ratio": full / plain_full}
         results.append(row)
     print(json.dumps({"text_tokens": len(tokenize(model, text)), "n_future": args.n_future, "results": results}))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from app.lens.continuation import model_continuations
-from app.lens.grid import SCHEMA, Grid, stream_passes
+from app.lens.grid import SCHEMA, Grid
 from app.lens.lenses import FixedPromptLens, FutureLens, LogitLens, PatchedContextLens
 from app.lens.models import LoadedModel
 from app.lens.reference import naive_continuation, naive_first_probs, naive_first_token_stats
@@ -114,25 +114,11 @@ def test_grid_continuations_start_with_the_next_tokens(tiny_llama: LoadedModel) 
     assert all(len(row) == 3 for row in grid.continuations)
 
 
-def test_stream_passes_go_coarse_over_depth_first() -> None:
-    passes = stream_passes(16)
-    assert passes[:2] == [[0], [5, 10, 15]], "one row alone first, then the rest of a coarse pass over depth"
-    assert passes[2:] == [[1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14]]
-    passes = stream_passes(30)
-    assert passes[:2] == [[0], [10, 19, 29]]
-    assert [len(p) for p in passes[2:]] == [13, 13] and sorted(row for p in passes for row in p) == list(range(30))
-    assert stream_passes(3) == [[0], [1, 2]]
-    assert stream_passes(1) == [[0]]
-    assert stream_passes(2) == [[0], [1]]
-    for n_rows in range(1, 40):
-        assert sorted(row for p in stream_passes(n_rows) for row in p) == list(range(n_rows)), n_rows
-
-
 def test_streamed_grid_equals_the_whole_grid(tiny_llama: LoadedModel) -> None:
     lens = FutureLens(tiny_llama, random_prompts(tiny_llama, [0, 1]))
     text = "Paris is the capital of France and"
     whole = lens.grid(text, layers="all", n_future=3, top_k=4)
-    stream = lens.stream(text, layers="all", n_future=3, top_k=4, passes=[[1], [0]])
+    stream = lens.stream(text, layers="all", n_future=3, top_k=4, waves=[[1], [0]])
     head = stream.head()
     assert head.cells == [[], []] and head.tokens == whole.tokens and head.continuations == whole.continuations
     rows = list(stream.rows())
@@ -150,8 +136,8 @@ def test_streamed_grid_equals_the_whole_grid(tiny_llama: LoadedModel) -> None:
 
 def test_stream_refuses_to_finish_early_and_checks_passes(tiny_llama: LoadedModel) -> None:
     lens = LogitLens(tiny_llama)
-    with pytest.raises(ValueError, match="passes"):
-        lens.stream("a b", layers="all", passes=[[0]])
+    with pytest.raises(ValueError, match="waves"):
+        lens.stream("a b", layers="all", waves=[[0]])
     stream = lens.stream("a b", layers="all")
     next(iter(stream.rows()))
     with pytest.raises(RuntimeError, match="rows are computed"):

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.lens.grid import first_rows
 from app.service import GridRequest
 from app.web.app import create_app
 from app.web.streaming import StreamCancelledError, StreamHead, StreamRow, follow, start_stream
@@ -44,8 +45,7 @@ def test_ndjson_streams_head_rows_then_the_stored_document(client) -> None:
     assert [row["kind"] for row in rows] == ["row"] * len(layers)
     assert [row["rows_done"] for row in rows] == list(range(1, len(layers) + 1))
     assert sorted(row["row"] for row in rows) == list(range(len(layers)))
-    first_layers = [row["layer"] for row in rows[:4]]
-    assert first_layers[0] == layers[0] and first_layers[-1] == layers[-1], "coarse pass spans the depth first"
+    assert [row["row"] for row in rows[:2]] == first_rows(len(layers)) == [3, 6], "rows at 1/3 and 2/3 of depth first"
     # The final line is the stored document, byte for byte, and the rows are its rows.
     stored = client.get(f"/g/{final['id']}.json")
     assert response.text.splitlines()[-1] == stored.text

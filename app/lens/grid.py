@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from app.lens.tokens import TokenRenderer
 
 if TYPE_CHECKING:  # lenses build grids through this module (`Lens.grid`); no import cycle at run time
     from app.lens.lenses import Lens
+    from app.lens.staggered import Finished
 
 SCHEMA = "future-lens.grid/3"
 
@@ -136,30 +137,24 @@ class GridRow:
     cells: list[Cell]
 
 
-#: A streamed grid first computes this many rows spread over depth (the first of them alone, the others together) ...
-COARSE_ROWS = 4
-#: ... then the other rows in passes of at least this many. Each pass is a separate batched decode whose fixed cost
-#: (N full forwards of the model, however few cells) is paid again, so passes are few: benchmarks/streaming.py.
-MIN_ROWS_PER_PASS = 10
+#: A streamed grid first decodes this many rows, spread evenly over depth (at 1/3 and 2/3 of it for 2), alone.
+FIRST_ROWS = 2
 
 
-def stream_passes(n_rows: int, coarse: int = COARSE_ROWS, min_per_pass: int = MIN_ROWS_PER_PASS) -> list[list[int]]:
-    """The order a streamed grid computes its rows in (row indices, one list per pass): the first of `coarse` rows
-    spread evenly over depth (first, last and between) alone, so a row shows early; the other coarse rows in one
-    pass, so the first screen spans the whole depth; then the rest in layer order, in as many balanced passes of at
-    least `min_per_pass` rows as fit (at least one)."""
-    spread = sorted({round(i * (n_rows - 1) / (coarse - 1)) for i in range(coarse)}) if n_rows > 1 else [0]
-    spread = spread[:n_rows]
-    rest = [row for row in range(n_rows) if row not in spread]
-    passes = [spread[:1], spread[1:]]
-    n_rest = max(1, len(rest) // min_per_pass)
-    size, extra = divmod(len(rest), n_rest)
-    start = 0
-    for index in range(n_rest):
-        end = start + size + (1 if index < extra else 0)
-        passes.append(rest[start:end])
-        start = end
-    return [p for p in passes if p]
+def first_rows(n_rows: int, count: int = FIRST_ROWS) -> list[int]:
+    """`count` rows spread evenly inside the depth (the middle for 1), distinct, in order."""
+    return sorted({round(i * (n_rows - 1) / (count + 1)) for i in range(1, count + 1)}) if n_rows else []
+
+
+def stream_waves(n_rows: int, n_future: int, count: int = FIRST_ROWS) -> list[list[int]]:
+    """The waves a streamed grid decodes its rows in: `waves[k]` (row indices, maybe none) enters the decode at
+    forward k (`Lens.predict_waves`). `first_rows` enter first and alone, so they are whole after N light forwards;
+    every other row enters at forward N, as they leave. The whole grid then takes 2N forwards of the model instead of
+    a plain grid's N, the extra N light (benchmarks/streaming.py); more waves would cost a forward each, and any rows
+    sharing the first rows' forwards would delay them."""
+    first = first_rows(n_rows, count)
+    rest = [row for row in range(n_rows) if row not in first]
+    return [first, *([[]] * (n_future - 1)), rest] if rest else [first]
 
 
 class _TextGrid:
@@ -267,10 +262,11 @@ def compute_grids(lens: Lens, texts: Sequence[str], layers: list[int], n_future:
 
 
 class GridStream:
-    """One text's grid computed a few rows at a time (`passes`: lists of row indices; default `stream_passes`).
+    """One text's grid computed a few rows at a time (`waves`: lists of row indices, wave k entering the decode at
+    forward k; default `stream_waves`).
 
     `head()` is the grid before any cell (tokens, the model's own continuation, layers; every row `[]`); `rows()`
-    yields each row as its pass finishes; after it, `grid()` is the whole grid, as `Lens.grid` computes it (cells
+    yields each row as its wave finishes; after it, `grid()` is the whole grid, as `Lens.grid` computes it (cells
     may differ from it in the last float digits: other rows share each forward). No work starts before `head()` or
     `rows()`; stopping the iteration stops the work."""
 
@@ -281,12 +277,12 @@ class GridStream:
         layers: list[int],
         n_future: int,
         top_k: int,
-        passes: Sequence[Sequence[int]] | None = None,
+        waves: Sequence[Sequence[int]] | None = None,
     ):
         self.lens, self.text, self.layers, self.n_future, self.top_k = lens, text, layers, n_future, top_k
-        self.passes = [list(p) for p in passes] if passes is not None else stream_passes(len(layers))
-        if sorted(row for p in self.passes for row in p) != list(range(len(layers))):
-            raise ValueError("passes must list every row index exactly once")
+        self.waves = [list(w) for w in waves] if waves is not None else stream_waves(len(layers), n_future)
+        if sorted(row for w in self.waves for row in w) != list(range(len(layers))):
+            raise ValueError("waves must list every row index exactly once")
         self._text_grid: _TextGrid | None = None
         self._cells: list[list[Cell]] = [[] for _ in layers]
         self._started = 0.0
@@ -305,17 +301,36 @@ class GridStream:
             )
         return self._text_grid
 
-    def rows(self) -> Iterator[GridRow]:
-        """Each row as soon as its pass is computed, in pass order."""
+    def _steps(self, text_grid: _TextGrid) -> Iterator[Finished]:
+        """The lens on every row, wave by wave: after each step of work, the waves it finished."""
+        order = [row for wave in self.waves for row in wave]
+        states, layer_ids, reference = text_grid.cell_inputs(order)
+        entering, start = [], 0
+        for wave in self.waves:
+            entering.append(torch.arange(start, start + len(wave) * text_grid.n_tokens))
+            start += len(wave) * text_grid.n_tokens
+        reference = reference if self.lens.measures_first_token else None
+        return self.lens.predict_waves(states, layer_ids, entering, self.n_future, self.top_k, reference)
+
+    def rows(self, stop: Callable[[], bool] | None = None) -> Iterator[GridRow]:
+        """Each row as soon as it is computed. `stop`, asked after every step of work (a forward of the model, for
+        decoding lenses), ends the iteration early by returning True."""
         text_grid = self._source()
-        for rows in self.passes:
+        steps = self._steps(text_grid)
+        while True:
             started = time.perf_counter()
-            predictions = _predict(self.lens, [text_grid.cell_inputs(rows)], self.n_future, self.top_k)
+            finished = next(steps, None)
             self._lens_ms += (time.perf_counter() - started) * 1000
-            for row, cells in zip(rows, text_grid.cells(predictions), strict=True):
-                self._cells[row] = cells
-                self._done += 1
-                yield GridRow(row, self.layers[row], cells)
+            if finished is None:
+                return
+            for index, predictions in finished:
+                for row, cells in zip(self.waves[index], text_grid.cells(predictions), strict=True):
+                    self._cells[row] = cells
+                    self._done += 1
+                    yield GridRow(row, self.layers[row], cells)
+            if stop is not None and self._done < len(self.layers) and stop():
+                steps.close()
+                return
 
     @property
     def rows_done(self) -> int:

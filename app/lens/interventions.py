@@ -34,9 +34,10 @@ def on_block_outputs(adapter: ModelAdapter, layers: Sequence[int], hook: BlockHo
 
 @contextmanager
 def patch_block_outputs(
-    adapter: ModelAdapter, layers: torch.Tensor, states: torch.Tensor, position: int = -1
+    adapter: ModelAdapter, layers: torch.Tensor, states: torch.Tensor, position: int = -1, first_row: int = 0
 ) -> Iterator[None]:
-    """While active, row r of every forward gets `states[r]` as block `layers[r]`'s output at `position`.
+    """While active, row `first_row + r` of every forward gets `states[r]` as block `layers[r]`'s output at
+    `position` (rows outside `first_row .. first_row + len(states)` are left alone).
 
     Each hooked block touches only its own rows, so a single batch can mix cells of all layers.
     """
@@ -46,7 +47,7 @@ def patch_block_outputs(
 
     def overwrite(layer: int, hidden: torch.Tensor) -> None:
         rows = rows_of[layer]
-        hidden[rows, position] = states[rows].to(hidden.dtype)
+        hidden[rows + first_row, position] = states[rows].to(hidden.dtype)
 
     with on_block_outputs(adapter, list(rows_of), overwrite):
         yield

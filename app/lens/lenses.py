@@ -9,7 +9,7 @@ lenses (`FutureLens` with learned soft prompts, `FixedPromptLens` with a text pr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -21,6 +21,7 @@ from app.lens.layers import parse_layers
 from app.lens.models import LoadedModel
 from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
 from app.lens.source import tokenize
+from app.lens.staggered import Finished, can_stagger, decode_staggered
 
 if TYPE_CHECKING:  # track.py imports this module; `Lens.track` imports it at call time
     from app.lens.track import Track
@@ -86,6 +87,23 @@ class Lens(ABC):
         """Predictions for cells: `states` [C, d] taken at block outputs `layers` [C]; with `reference`, statistics
         of each cell's first-token distribution against the model's own next-token distribution too."""
 
+    def predict_waves(
+        self,
+        states: torch.Tensor,
+        layers: torch.Tensor,
+        entering: Sequence[torch.Tensor],
+        n_future: int,
+        top_k: int,
+        reference: CellReference | None = None,
+    ) -> Iterator[Finished]:
+        """`predict` for cells in waves (`entering[k]`: the cell indices of wave k, maybe none), yielding after each
+        step of work the waves it finished, so that early waves show early and a consumer can stop between steps.
+        Here: one wave after another; decoding lenses overlap them (app/lens/staggered.py)."""
+        for index, members in enumerate(entering):
+            if len(members):
+                part = reference.take(members) if reference is not None else None
+                yield [(index, self.predict(states[members], layers[members], n_future, top_k, part))]
+
     def effective_future(self, n_future: int) -> int:
         return min(n_future, self.max_future) if self.max_future else n_future
 
@@ -116,12 +134,13 @@ class Lens(ABC):
         layers: LayerSelection = None,
         n_future: int = 4,
         top_k: int = 5,
-        passes: Sequence[Sequence[int]] | None = None,
+        waves: Sequence[Sequence[int]] | None = None,
     ) -> GridStream:
-        """The grid of `text` computed a few rows at a time: iterate `.rows()` (rows as they are computed, in the
-        order of `passes`, lists of row indices; default `stream_passes`), then `.grid()` is the whole grid."""
+        """The grid of `text` computed a few rows at a time: iterate `.rows()` (rows as they are computed; `waves`,
+        lists of row indices, wave k entering the decode at its k-th forward; default `stream_waves`), then
+        `.grid()` is the whole grid."""
         chosen = parse_layers(layers, self.model.adapter.n_layers)
-        return GridStream(self, text, chosen, self.effective_future(n_future), top_k, passes)
+        return GridStream(self, text, chosen, self.effective_future(n_future), top_k, waves)
 
     def track(self, text: str, token_ids: Sequence[int], *, layers: LayerSelection = None) -> Track:
         """Trajectories of `token_ids` through `text`: each one's probability as the first predicted token, and
@@ -173,14 +192,10 @@ class PatchedContextLens(Lens):
     def context_embeddings(self, layer: int) -> torch.Tensor:
         """The target context for cells of `layer`, as input embeddings [P, d]."""
 
-    def predict(
-        self,
-        states: torch.Tensor,
-        layers: torch.Tensor,
-        n_future: int,
-        top_k: int,
-        reference: CellReference | None = None,
-    ) -> CellPredictions:
+    def patched_cells(
+        self, states: torch.Tensor, layers: torch.Tensor, reference: CellReference | None
+    ) -> tuple[PatchedCells, list[object]]:
+        """The cells with their layers' target contexts (one per distinct context key), and those keys."""
         keys: dict[object, int] = {}
         contexts: list[torch.Tensor] = []
         index = []
@@ -190,15 +205,38 @@ class PatchedContextLens(Lens):
                 keys[key] = len(contexts)
                 contexts.append(self.context_embeddings(layer))
             index.append(keys[key])
-        cells = PatchedCells(contexts, torch.tensor(index), layers, states, reference)
+        return PatchedCells(contexts, torch.tensor(index), layers, states, reference), list(keys)
+
+    def predict(
+        self,
+        states: torch.Tensor,
+        layers: torch.Tensor,
+        n_future: int,
+        top_k: int,
+        reference: CellReference | None = None,
+    ) -> CellPredictions:
+        cells, keys = self.patched_cells(states, layers, reference)
+        prefixes = (self.prefixes, keys)
         return decode_patched(
-            self.model,
-            cells,
-            n_future=n_future,
-            top_k=top_k,
-            chunk_rows=self.chunk_rows,
-            prefixes=(self.prefixes, list(keys)),
+            self.model, cells, n_future=n_future, top_k=top_k, chunk_rows=self.chunk_rows, prefixes=prefixes
         )
+
+    def predict_waves(
+        self,
+        states: torch.Tensor,
+        layers: torch.Tensor,
+        entering: Sequence[torch.Tensor],
+        n_future: int,
+        top_k: int,
+        reference: CellReference | None = None,
+    ) -> Iterator[Finished]:
+        """Waves overlapped: wave k enters the running decode at forward k (`decode_staggered`), where it can."""
+        cells, keys = self.patched_cells(states, layers, reference)
+        if not can_stagger(self.model, cells, n_future):
+            yield from super().predict_waves(states, layers, entering, n_future, top_k, reference)
+            return
+        prefixes = (self.prefixes, keys)
+        yield from decode_staggered(self.model, cells, entering, n_future=n_future, top_k=top_k, prefixes=prefixes)
 
 
 class FutureLens(PatchedContextLens):

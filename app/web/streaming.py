@@ -1,11 +1,12 @@
 """Streamed grids: rows as they are computed, for the JSON API (NDJSON) and the page (Server-Sent Events).
 
 A streamed request runs on the same inference worker, under the same permalink id, as a plain one (so identical
-requests still share one computation). Its job computes the grid a few rows at a time (`PlannedGrid.stream`: a coarse
-pass over depth first), publishing the grid's frame and each row to a `RowFeed` that every streaming waiter of the id
-reads. Between rows the job asks the worker whether anybody still waits (`InferenceWorker.abandoned`); when every
-client has gone (page closed, Cancel pressed, deadline passed) it stops, which frees the worker for the next job at
-once. Only the finished grid is stored, as the plain path stores it: a permalink never shows a partial grid.
+requests still share one computation). Its job computes the grid a few rows at a time (`PlannedGrid.stream`: two rows
+spread over depth first), publishing the grid's frame and each row to a `RowFeed` that every streaming waiter of the id
+reads. After every forward of the model the job asks the worker whether anybody still waits
+(`InferenceWorker.abandoned`); when every client has gone (page closed, Cancel pressed, deadline passed) it stops,
+which frees the worker for the next job at once. Only the finished grid is stored, as the plain path stores it: a
+permalink never shows a partial grid.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def hub_of(keeper: GridKeeper) -> FeedHub:
 
 
 def compute_streamed(keeper: GridKeeper, key: str, planned: PlannedGrid) -> KeptGrid:
-    """Runs on the worker thread: the grid pass by pass into the feed, stopping early (`StreamCancelledError`) once
+    """Runs on the worker thread: the grid wave by wave into the feed, stopping early (`StreamCancelledError`) once
     nobody waits; then stored exactly like a plain request's grid."""
     hub = hub_of(keeper)
     feed = hub.open(key)
@@ -116,10 +117,10 @@ def compute_streamed(keeper: GridKeeper, key: str, planned: PlannedGrid) -> Kept
             stream = planned.stream()
             total = len(planned.layers)
             feed.publish(StreamHead(stream.head(), total))
-            for row in stream.rows():
+            for row in stream.rows(stop=lambda: keeper.worker.abandoned(key)):
                 feed.publish(StreamRow(row, stream.rows_done, total))
-                if stream.rows_done < total and keeper.worker.abandoned(key):
-                    raise StreamCancelledError(f"stopped after {stream.rows_done} of {total} rows: nobody waits")
+            if stream.rows_done < total:
+                raise StreamCancelledError(f"stopped after {stream.rows_done} of {total} rows: nobody waits")
             grid = stream.grid()
             record = new_stored_grid(key, keeper.service.model.id, planned.canonical(), grid_document_json(grid, key))
             return KeptGrid.from_stored(keeper.store.put(record), cached=False)
