@@ -179,7 +179,7 @@ class PlannedGrid:
         return self.lens.grid(self.request.text, layers=self.layers, n_future=self.n_future, top_k=self.request.top_k)
 
     def stream(self) -> GridStream:
-        """The same grid, computed a few rows at a time (two rows spread over depth first): see `Lens.stream`."""
+        """The same grid, computed a few rows at a time (the middle row first): see `Lens.stream`."""
         request = self.request
         return self.lens.stream(request.text, layers=self.layers, n_future=self.n_future, top_k=request.top_k)
 

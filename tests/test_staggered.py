@@ -145,15 +145,14 @@ def test_lenses_without_decoding_yield_one_wave_per_step(tiny_gpt2: LoadedModel)
 
 
 def test_stream_waves_start_with_rows_spread_over_depth_then_the_rest_as_they_leave() -> None:
-    rest = [r for r in range(16) if r not in (5, 10)]
-    assert stream_waves(16, 4) == [[5, 10], [], [], [], rest]
-    assert stream_waves(30, 4) == [[10, 19], [], [], [], [r for r in range(30) if r not in (10, 19)]]
-    assert stream_waves(16, 1) == [[5, 10], rest], "N=1: the rest right after"
-    assert stream_waves(16, 4, count=1) == [[8], [], [], [], [r for r in range(16) if r != 8]]
+    assert stream_waves(16, 4) == [[8], [], [], [], [r for r in range(16) if r != 8]]
+    assert stream_waves(30, 4) == [[14], [], [], [], [r for r in range(30) if r != 14]]
+    assert stream_waves(16, 1) == [[8], [r for r in range(16) if r != 8]], "N=1: the rest right after"
+    assert stream_waves(16, 4, count=2) == [[5, 10], [], [], [], [r for r in range(16) if r not in (5, 10)]]
     assert stream_waves(16, 4, count=3) == [[4, 8, 11], [], [], [], [r for r in range(16) if r not in (4, 8, 11)]]
     assert stream_waves(1, 4) == [[0]]
-    assert stream_waves(2, 4) == [[0, 1]], "two rows: both first, nothing left"
-    assert stream_waves(3, 4) == [[1], [], [], [], [0, 2]]
+    assert stream_waves(2, 4) == [[0], [], [], [], [1]]
+    assert stream_waves(2, 4, count=2) == [[0, 1]], "two rows, two first: nothing left"
     for n_rows in range(1, 40):
         for n_future in (1, 2, 3, 4, 6):
             waves = stream_waves(n_rows, n_future)
@@ -197,7 +196,7 @@ def test_embedded_model_streamed_waves_match_naive(smollm2: LoadedModel) -> None
     layers = [0, 7, 15, 22, 29]
     lens = FutureLens(smollm2, random_prompts(smollm2, [0, 15, 29], seed=3))
     stream = lens.stream(text, layers=layers, n_future=3, top_k=5)
-    assert stream.waves == [[1, 3], [], [], [0, 2, 4]]
+    assert stream.waves == [[2], [], [], [0, 1, 3, 4]]
     rows = list(stream.rows())
-    assert [row.index for row in rows] == [1, 3, 0, 2, 4]
+    assert [row.index for row in rows] == [2, 0, 1, 3, 4]
     assert_same(grid_predictions(stream.grid()), naive_grid_cells(lens, text, layers, 3, 5))

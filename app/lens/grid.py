@@ -137,8 +137,11 @@ class GridRow:
     cells: list[Cell]
 
 
-#: A streamed grid first decodes this many rows, spread evenly over depth (at 1/3 and 2/3 of it for 2), alone.
-FIRST_ROWS = 2
+#: A streamed grid first decodes this many rows, spread evenly over depth (the middle row for 1), alone. More rows
+#: first cost more: each forward of the first N is then heavier, and the first N forwards are the ones that do the
+#: least work per read of the weights (benchmarks/streaming.py: at the page's defaults 1 row keeps the whole streamed
+#: grid within ~7 % of a plain one, 2 rows ~10 %).
+FIRST_ROWS = 1
 
 
 def first_rows(n_rows: int, count: int = FIRST_ROWS) -> list[int]:
@@ -150,8 +153,9 @@ def stream_waves(n_rows: int, n_future: int, count: int = FIRST_ROWS) -> list[li
     """The waves a streamed grid decodes its rows in: `waves[k]` (row indices, maybe none) enters the decode at
     forward k (`Lens.predict_waves`). `first_rows` enter first and alone, so they are whole after N light forwards;
     every other row enters at forward N, as they leave. The whole grid then takes 2N forwards of the model instead of
-    a plain grid's N, the extra N light (benchmarks/streaming.py); more waves would cost a forward each, and any rows
-    sharing the first rows' forwards would delay them."""
+    a plain grid's N, the extra N light. Letting the rest enter earlier (overlapping the waves) saves forwards but
+    puts the rest's heavy patched forward before the first row is whole (~0.6 s later at the page's defaults), and
+    each further wave costs a forward: benchmarks/streaming.py."""
     first = first_rows(n_rows, count)
     rest = [row for row in range(n_rows) if row not in first]
     return [first, *([[]] * (n_future - 1)), rest] if rest else [first]

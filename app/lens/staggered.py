@@ -1,12 +1,15 @@
-"""Staggered decoding: cells enter a running decode in waves, so the first cells finish early at almost no cost.
+"""Staggered decoding: cells enter one running decode in waves, each wave leaving N forwards after it entered.
 
-`decode_patched` runs a chunk of cells through one patched forward and N-1 decode steps; every forward reads all of
-the model's weights, which on a CPU costs about as much as ~30 cells (benchmarks/streaming.py). Decoding a grid a few
-rows at a time that way pays that fixed cost N times per batch. Here, wave k of cells enters at forward k and leaves
-after its N-th: one forward carries the patched step of the newest wave and the decode steps of the N-1 before it
-(continuous batching), each row at its own position in a shared preallocated cache, with a per-row mask. A grid split
-into waves costs (last wave's start + N) forwards instead of N per batch; cells equal `decode_patched`'s up to float
-rounding (the same products, summed in other batch shapes).
+`decode_patched` runs a chunk of cells through one patched forward and N-1 decode steps. Here wave k enters at
+forward k: one forward carries the patched step of the wave entering then and the decode steps of the waves still in
+flight (continuous batching), each row at its own position in one preallocated cache, with a per-row mask. Waves
+cost (last wave's start + N) forwards instead of N each. Cells equal `decode_patched`'s up to float rounding (the
+same products, summed in other batch shapes); tests check both against the naive per-cell reference.
+
+A streamed grid (`grid.stream_waves`) decodes its middle row first and the rest as it leaves: on a CPU each forward
+costs at least one read of all the weights (~60 ms for the embedded model), so letting the rest in earlier would put
+its heavy patched step before the first row is whole. What streaming gets from here: a stop check after every
+forward (Cancel), and the rest in one batch however many cells (`decode_patched` splits at its CPU chunk size).
 """
 
 from __future__ import annotations

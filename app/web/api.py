@@ -111,7 +111,7 @@ async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_
     `track` (token ids) the response also has a `track` object: each token's probability and rank at every cell.
 
     With `Accept: application/x-ndjson` the grid streams as it is computed: one JSON line for its frame (`head`),
-    one per row (`row`; two rows at 1/3 and 2/3 of the depth first), then the final document, equal to
+    one per row (`row`; the middle row first), then the final document, equal to
     `GET /g/{id}.json` (docs/grid-format.md, "Streaming"). Closing the connection stops the computation.
     """
     keeper = keeper_of(request)

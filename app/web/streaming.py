@@ -1,8 +1,8 @@
 """Streamed grids: rows as they are computed, for the JSON API (NDJSON) and the page (Server-Sent Events).
 
 A streamed request runs on the same inference worker, under the same permalink id, as a plain one (so identical
-requests still share one computation). Its job computes the grid a few rows at a time (`PlannedGrid.stream`: two rows
-spread over depth first), publishing the grid's frame and each row to a `RowFeed` that every streaming waiter of the id
+requests still share one computation). Its job computes the grid a few rows at a time (`PlannedGrid.stream`: the middle
+row first), publishing the grid's frame and each row to a `RowFeed` that every streaming waiter of the id
 reads. After every forward of the model the job asks the worker whether anybody still waits
 (`InferenceWorker.abandoned`); when every client has gone (page closed, Cancel pressed, deadline passed) it stops,
 which frees the worker for the next job at once. Only the finished grid is stored, as the plain path stores it: a
