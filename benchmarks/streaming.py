@@ -21,7 +21,7 @@ import torch
 
 from app.lens.grid import stream_waves
 from app.lens.layers import strided_layers
-from app.lens.lenses import FutureLens, Lens
+from app.lens.lenses import FutureLens
 from app.lens.models import DEFAULT_MODEL, load_model
 from app.lens.source import tokenize
 
@@ -78,10 +78,10 @@ def plain(lens: FutureLens, text: str, layers: list[int], n_future: int) -> tupl
 
 
 class OneWaveAtATime(FutureLens):
-    """The future lens decoding each wave on its own (`Lens.predict_waves`' plain default), for comparison."""
+    """The future lens decoding each wave on its own (`decode_patched` per wave), for comparison."""
 
-    def predict_waves(self, *args, **kwargs):
-        return Lens.predict_waves(self, *args, **kwargs)
+    def staggered(self, *args, **kwargs) -> None:
+        return None
 
 
 def streamed(lens: FutureLens, text: str, layers: list[int], n_future: int) -> tuple[float, float]:

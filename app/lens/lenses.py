@@ -98,11 +98,23 @@ class Lens(ABC):
     ) -> Iterator[Finished]:
         """`predict` for cells in waves (`entering[k]`: the cell indices of wave k, maybe none), yielding after each
         step of work the waves it finished, so that early waves show early and a consumer can stop between steps.
-        Here: one wave after another; decoding lenses overlap them (app/lens/staggered.py)."""
+        Decoding lenses run the waves in one staggered decode (wave k entering at forward k: app/lens/staggered.py)
+        where `staggered` allows; other lenses, one wave after another."""
+        staggered = self.staggered(states, layers, n_future, reference)
+        if staggered is not None:
+            cells, prefixes = staggered
+            yield from decode_staggered(self.model, cells, entering, n_future=n_future, top_k=top_k, prefixes=prefixes)
+            return
         for index, members in enumerate(entering):
             if len(members):
                 part = reference.take(members) if reference is not None else None
                 yield [(index, self.predict(states[members], layers[members], n_future, top_k, part))]
+
+    def staggered(
+        self, states: torch.Tensor, layers: torch.Tensor, n_future: int, reference: CellReference | None
+    ) -> tuple[PatchedCells, tuple[PrefixStore, list[object]]] | None:
+        """Cells for `decode_staggered` (with the lens's prefix store), or None: this lens does not decode."""
+        return None
 
     def effective_future(self, n_future: int) -> int:
         return min(n_future, self.max_future) if self.max_future else n_future
@@ -221,22 +233,12 @@ class PatchedContextLens(Lens):
             self.model, cells, n_future=n_future, top_k=top_k, chunk_rows=self.chunk_rows, prefixes=prefixes
         )
 
-    def predict_waves(
-        self,
-        states: torch.Tensor,
-        layers: torch.Tensor,
-        entering: Sequence[torch.Tensor],
-        n_future: int,
-        top_k: int,
-        reference: CellReference | None = None,
-    ) -> Iterator[Finished]:
-        """Waves overlapped: wave k enters the running decode at forward k (`decode_staggered`), where it can."""
+    def staggered(
+        self, states: torch.Tensor, layers: torch.Tensor, n_future: int, reference: CellReference | None
+    ) -> tuple[PatchedCells, tuple[PrefixStore, list[object]]] | None:
+        """The cells and their stored prefixes for `decode_staggered`, where they can be decoded so."""
         cells, keys = self.patched_cells(states, layers, reference)
-        if not can_stagger(self.model, cells, n_future):
-            yield from super().predict_waves(states, layers, entering, n_future, top_k, reference)
-            return
-        prefixes = (self.prefixes, keys)
-        yield from decode_staggered(self.model, cells, entering, n_future=n_future, top_k=top_k, prefixes=prefixes)
+        return (cells, (self.prefixes, keys)) if can_stagger(self.model, cells, n_future) else None
 
 
 class FutureLens(PatchedContextLens):
