@@ -99,13 +99,19 @@ def test_statistics_are_sane_on_a_sharp_cell(tiny_gpt2: LoadedModel) -> None:
 
 @pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)
 def test_model_continuation_matches_naive(tiny_model: LoadedModel) -> None:
-    """Batched (masked rows) or one position at a time (short sliding windows): the same as the naive decode."""
+    """Batched (masked rows) or one position at a time (short sliding windows), from its own forward over the text
+    or from the source pass's keys/values: the same as the naive decode."""
     for text in texts_for(tiny_model):
         token_ids = tokenize(tiny_model, text)
-        ids, probs = model_continuations(tiny_model, token_ids, 3)
         naive_ids, naive_probs = naive_continuation(tiny_model, token_ids, 3)
-        assert torch.equal(ids, naive_ids)
-        torch.testing.assert_close(probs, naive_probs, atol=1e-4, rtol=0)
+        source = run_source_pass(tiny_model, token_ids, keep_cache=True)
+        assert source.cache is not None and source.cache.get_seq_length() == len(tiny_model.context_prefix + token_ids)
+        for ids, probs in [
+            model_continuations(tiny_model, token_ids, 3),
+            model_continuations(tiny_model, token_ids, 3, source),
+        ]:
+            assert torch.equal(ids, naive_ids)
+            torch.testing.assert_close(probs, naive_probs, atol=1e-4, rtol=0)
 
 
 def test_grid_continuations_start_with_the_next_tokens(tiny_llama: LoadedModel) -> None:
@@ -120,7 +126,10 @@ def test_streamed_grid_equals_the_whole_grid(tiny_llama: LoadedModel) -> None:
     whole = lens.grid(text, layers="all", n_future=3, top_k=4)
     stream = lens.stream(text, layers="all", n_future=3, top_k=4, waves=[[1], [0]])
     head = stream.head()
-    assert head.cells == [[], []] and head.tokens == whole.tokens and head.continuations == whole.continuations
+    assert head.cells == [[], []] and head.tokens == whole.tokens
+    assert [[t.id for t in row] for row in head.continuations] == [[t.id for t in row] for row in whole.continuations]
+    streamed_probs = torch.tensor([[t.prob for t in row] for row in head.continuations])
+    torch.testing.assert_close(streamed_probs, torch.tensor([[t.prob for t in row] for row in whole.continuations]))
     rows = list(stream.rows())
     assert [row.index for row in rows] == [1, 0]
     streamed = stream.grid()

@@ -11,7 +11,7 @@ from app.lens.grid import first_rows, stream_waves
 from app.lens.interventions import on_block_outputs
 from app.lens.lenses import FixedPromptLens, FutureLens, LogitLens
 from app.lens.models import LoadedModel
-from app.lens.reference import naive_cells
+from app.lens.reference import naive_cells, naive_continuation
 from app.lens.source import run_source_pass, tokenize
 from app.lens.staggered import can_stagger, decode_staggered
 from tests.conftest import ALL_ARCHITECTURES, words
@@ -165,13 +165,15 @@ def test_stream_stops_between_forwards_when_asked(tiny_llama: LoadedModel) -> No
     lens = FutureLens(tiny_llama, random_prompts(tiny_llama, layers, seed=9))
     text = "Paris is the capital of France and"
     lens.grid(text, n_future=1)  # the contexts' prefixes are stored: every forward from here on is a decode's
-    stream = lens.stream(text, layers="all", n_future=3, waves=[[0], [], [1]])
-    stream.head()
+    stream = lens.stream(text, layers="all", n_future=3, waves=[[0], [], [], [1]])
     asked, forwards = [], []
     with on_block_outputs(tiny_llama.adapter, [0], lambda _layer, hidden: forwards.append(hidden.shape[0])):
-        rows = list(stream.rows(stop=lambda: asked.append(len(forwards)) or len(asked) == 2))
-    assert asked == [1, 2] and len(forwards) == 2, "asked after each forward; nothing runs after it says stop"
-    assert rows == [] and stream.rows_done == 0
+        stream.head()  # the source pass, then the N-1 forwards that decode the model's continuation
+        tokens = len(stream.head().tokens)
+        assert forwards == [1, 2 * tokens, 2 * tokens], "the text (a batch of 1), then continuation rows + first wave"
+        rows = list(stream.rows(stop=lambda: asked.append(len(forwards)) or len(asked) == 3))
+    assert asked == [3, 3, 4] and len(forwards) == 4, "asked after each forward; nothing runs after it says stop"
+    assert [row.index for row in rows] == [0] and stream.rows_done == 1
     with pytest.raises(RuntimeError, match="rows are computed"):
         stream.grid()
 
@@ -200,3 +202,23 @@ def test_embedded_model_streamed_waves_match_naive(smollm2: LoadedModel) -> None
     rows = list(stream.rows())
     assert [row.index for row in rows] == [2, 0, 1, 3, 4]
     assert_same(grid_predictions(stream.grid()), naive_grid_cells(lens, text, layers, 3, 5))
+
+
+@pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)
+def test_continuation_decoded_with_the_first_wave_matches_naive(tiny_model: LoadedModel) -> None:
+    """A streamed grid decodes the model's own continuation in its first forwards (where no sliding window is
+    shorter than the text): the same tokens and probabilities as the naive decode, and the same cells."""
+    layers = list(range(tiny_model.adapter.n_layers))
+    lens = FutureLens(tiny_model, random_prompts(tiny_model, layers, seed=12))
+    for text, n_future in [(texts_for(tiny_model)[2], 3), (texts_for(tiny_model)[0], 1)]:
+        stream = lens.stream(text, layers="all", n_future=n_future, top_k=3)
+        head = stream.head()
+        token_ids = tokenize(tiny_model, text)
+        naive_ids, naive_probs = naive_continuation(tiny_model, token_ids, n_future)
+        assert [[t.id for t in row] for row in head.continuations] == naive_ids.tolist()
+        probs = torch.tensor([[t.prob for t in row] for row in head.continuations])
+        torch.testing.assert_close(probs, naive_probs, atol=1e-4, rtol=0)
+        list(stream.rows())
+        grid = stream.grid()
+        assert grid.continuations == head.continuations
+        assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, n_future, 3))

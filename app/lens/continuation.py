@@ -1,9 +1,10 @@
 """The model's own greedy continuation after each position of a text: N tokens per position, batched.
 
-One forward over the text fills a cache; then each position t is a row of one batch that decodes N-1 more tokens on
-top of those keys/values, with the text after t masked out and each new token given the position it would have in
-a text that ended at t (explicit position ids). Sliding-window masks count cache slots rather than positions, so
-where the model slides a window shorter than the text plus N, each position is decoded on its own instead.
+One forward over the text fills a cache (the source pass's, when it kept one); then each position t is a row of one
+batch that decodes N-1 more tokens on top of those keys/values, with the text after t masked out and each new token
+given the position it would have in a text that ended at t (explicit position ids). Sliding-window masks count cache
+slots rather than positions, so where the model slides a window shorter than the text plus N, each position is
+decoded on its own instead.
 """
 
 from __future__ import annotations
@@ -14,28 +15,45 @@ from transformers import DynamicCache
 from app.lens.architectures import attention_window
 from app.lens.engine import full_cache, greedy_continuation, rows_cache
 from app.lens.models import LoadedModel
+from app.lens.source import SourcePass
 
 
 @torch.inference_mode()
-def model_continuations(model: LoadedModel, token_ids: list[int], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def model_continuations(
+    model: LoadedModel, token_ids: list[int], steps: int, source: SourcePass | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens [T, steps] (long) and their probabilities [T, steps] (float32) after each of the text's T
-    positions, the model's context prefix first; ties go to the lowest id. Column 0 is the model's next token."""
+    positions, the model's context prefix first; ties go to the lowest id. Column 0 is the model's next token.
+    A source pass of the same tokens run with `keep_cache` saves the forward over the text."""
     prefix = list(model.context_prefix)
     window = attention_window(model.hf.config)
     if window is not None and window < len(prefix) + len(token_ids) + steps:
         return _one_position_at_a_time(model, prefix, token_ids, steps)
-    return _all_positions_together(model, prefix, token_ids, steps)
+    if source is not None and source.cache is not None and source.token_ids == list(token_ids):
+        text = source.cache, source.next_token_ids.to(model.device), source.next_token_probs.to(model.device)
+    else:
+        text = _text_pass(model, prefix + list(token_ids), len(prefix))
+    return _all_positions_together(model, prefix, token_ids, steps, text)
+
+
+def _text_pass(model: LoadedModel, ids: list[int], n_prefix: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """The text's keys/values and the model's greedy next token (with its probability) after each text position."""
+    cache = full_cache(model)
+    out = _text_forward(model, cache, ids)
+    best_probs, best_ids = torch.softmax(out.logits[0, n_prefix:].float(), dim=-1).max(dim=-1)
+    return cache, best_ids, best_probs
 
 
 def _all_positions_together(
-    model: LoadedModel, prefix: list[int], token_ids: list[int], steps: int
+    model: LoadedModel,
+    prefix: list[int],
+    token_ids: list[int],
+    steps: int,
+    text: tuple[DynamicCache, torch.Tensor, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device, n_prefix, n_tokens = model.device, len(prefix), len(token_ids)
     length = n_prefix + n_tokens
-    cache = full_cache(model)
-    out = _text_forward(model, cache, prefix + token_ids)
-    probs = torch.softmax(out.logits[0, n_prefix:].float(), dim=-1)  # [T, V]
-    best_probs, best_ids = probs.max(dim=-1)
+    cache, best_ids, best_probs = text
     ids, chosen = [best_ids], [best_probs]
     if steps > 1:
         text_cache = [(layer.keys, layer.values) for layer in cache.layers]

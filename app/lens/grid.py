@@ -18,11 +18,11 @@ from app.lens.continuation import model_continuations
 from app.lens.engine import CellPredictions, CellReference
 from app.lens.models import LoadedModel
 from app.lens.source import SourcePass, run_source_pass, tokenize
+from app.lens.staggered import ContinuationRows, Finished, can_decode_alongside, decode_staggered
 from app.lens.tokens import TokenRenderer
 
 if TYPE_CHECKING:  # lenses build grids through this module (`Lens.grid`); no import cycle at run time
     from app.lens.lenses import Lens
-    from app.lens.staggered import Finished
 
 SCHEMA = "future-lens.grid/3"
 
@@ -165,15 +165,34 @@ class _TextGrid:
     """One text's source pass and what each of its rows needs: the cells' states, the statistics reference, the
     model's own continuation, and turning predictions into cells."""
 
-    def __init__(self, lens: Lens, text: str, layers: list[int], n_future: int, top_k: int, texts: _TokenTexts):
+    def __init__(
+        self,
+        lens: Lens,
+        text: str,
+        layers: list[int],
+        n_future: int,
+        top_k: int,
+        texts: _TokenTexts,
+        continuation: bool = True,
+    ):
         model = lens.model
         self.lens, self.layers, self.n_future, self.top_k, self.texts = lens, layers, n_future, top_k, texts
         started = time.perf_counter()
-        self.source = run_source_pass(model, tokenize(model, text))
+        self.source = run_source_pass(model, tokenize(model, text), keep_cache=True)
         self.timings = {"source_pass": (time.perf_counter() - started) * 1000}
+        if continuation:
+            self.compute_continuation()
+
+    def compute_continuation(self) -> None:
+        """The model's own continuation, decoded on the source pass's keys/values (then dropped)."""
         started = time.perf_counter()
-        self.continuation = model_continuations(model, self.source.token_ids, n_future)
-        self.timings["continuation"] = (time.perf_counter() - started) * 1000
+        continuation = model_continuations(self.lens.model, self.source.token_ids, self.n_future, self.source)
+        self.set_continuation(*continuation, (time.perf_counter() - started) * 1000)
+
+    def set_continuation(self, token_ids: torch.Tensor, probs: torch.Tensor, elapsed_ms: float) -> None:
+        self.continuation = token_ids, probs
+        self.timings["continuation"] = elapsed_ms
+        self.source.cache = None  # only the continuation decodes on the text's keys/values
 
     @property
     def n_tokens(self) -> int:
@@ -288,6 +307,8 @@ class GridStream:
         if sorted(row for w in self.waves for row in w) != list(range(len(layers))):
             raise ValueError("waves must list every row index exactly once")
         self._text_grid: _TextGrid | None = None
+        self._steps: Iterator[Finished] = iter(())
+        self._pending: list[Finished] = []  # steps done before the first row was asked for (the continuation's)
         self._cells: list[list[Cell]] = [[] for _ in layers]
         self._started = 0.0
         self._lens_ms = 0.0
@@ -300,13 +321,18 @@ class GridStream:
     def _source(self) -> _TextGrid:
         if self._text_grid is None:
             self._started = time.perf_counter()
-            self._text_grid = _TextGrid(
-                self.lens, self.text, self.layers, self.n_future, self.top_k, _TokenTexts(self.lens.model)
+            text_grid = _TextGrid(
+                self.lens, self.text, self.layers, self.n_future, self.top_k, _TokenTexts(self.lens.model), False
             )
+            self._steps = self._start(text_grid)
+            self._text_grid = text_grid
         return self._text_grid
 
-    def _steps(self, text_grid: _TextGrid) -> Iterator[Finished]:
-        """The lens on every row, wave by wave: after each step of work, the waves it finished."""
+    def _start(self, text_grid: _TextGrid) -> Iterator[Finished]:
+        """The lens on every row, wave by wave (each step of work yields the waves it finished), and the model's
+        continuation: decoded in the first forwards of the staggered decode where the lens staggers (they are
+        light: only the first wave is in flight), else on its own first."""
+        model, source = self.lens.model, text_grid.source
         order = [row for wave in self.waves for row in wave]
         states, layer_ids, reference = text_grid.cell_inputs(order)
         entering, start = [], 0
@@ -314,16 +340,32 @@ class GridStream:
             entering.append(torch.arange(start, start + len(wave) * text_grid.n_tokens))
             start += len(wave) * text_grid.n_tokens
         reference = reference if self.lens.measures_first_token else None
-        return self.lens.predict_waves(states, layer_ids, entering, self.n_future, self.top_k, reference)
+        staggered = self.lens.staggered(states, layer_ids, self.n_future, reference)
+        text_length = len(source.context_prefix) + len(source.token_ids)
+        if staggered is None or source.cache is None or not can_decode_alongside(model, text_length, self.n_future):
+            text_grid.compute_continuation()
+            return self.lens.predict_waves(states, layer_ids, entering, self.n_future, self.top_k, reference)
+        cells, prefixes = staggered
+        keys_values = [(layer.keys, layer.values) for layer in source.cache.layers]
+        rows = ContinuationRows(
+            keys_values, len(source.context_prefix), source.next_token_ids, source.next_token_probs, self.n_future
+        )
+        steps = decode_staggered(
+            model, cells, entering, n_future=self.n_future, top_k=self.top_k, prefixes=prefixes, alongside=rows
+        )
+        started = time.perf_counter()
+        while not rows.done():
+            self._pending.append(next(steps))
+        text_grid.set_continuation(rows.token_ids, rows.probs, (time.perf_counter() - started) * 1000)
+        return steps
 
     def rows(self, stop: Callable[[], bool] | None = None) -> Iterator[GridRow]:
         """Each row as soon as it is computed. `stop`, asked after every step of work (a forward of the model, for
         decoding lenses), ends the iteration early by returning True."""
         text_grid = self._source()
-        steps = self._steps(text_grid)
         while True:
             started = time.perf_counter()
-            finished = next(steps, None)
+            finished = self._pending.pop(0) if self._pending else next(self._steps, None)
             self._lens_ms += (time.perf_counter() - started) * 1000
             if finished is None:
                 return
@@ -333,7 +375,7 @@ class GridStream:
                     self._done += 1
                     yield GridRow(row, self.layers[row], cells)
             if stop is not None and self._done < len(self.layers) and stop():
-                steps.close()
+                self._steps.close()
                 return
 
     @property

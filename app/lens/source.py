@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from app.lens.architectures import block_output_tensor
+from app.lens.engine import full_cache
 from app.lens.models import LoadedModel
 from app.lens.tracing import save
 
@@ -29,6 +31,7 @@ class SourcePass:
     next_token_ids: torch.Tensor  # [n_tokens], the model's greedy prediction after each position
     next_token_probs: torch.Tensor  # [n_tokens]
     next_log_probs: torch.Tensor  # [n_tokens, vocab] float32, the model's whole next-token distribution (log)
+    cache: DynamicCache | None = None  # keys/values of [prefix + tokens] when asked for (`keep_cache`)
 
 
 def normalize_text(text: str) -> str:
@@ -42,15 +45,18 @@ def tokenize(model: LoadedModel, text: str) -> list[int]:
     return list(model.tokenizer(normalize_text(text), add_special_tokens=False).input_ids)
 
 
-def run_source_pass(model: LoadedModel, token_ids: list[int]) -> SourcePass:
-    """Run [prefix + tokens] once and keep the block outputs and the model's predictions at the text positions."""
+def run_source_pass(model: LoadedModel, token_ids: list[int], keep_cache: bool = False) -> SourcePass:
+    """Run [prefix + tokens] once and keep the block outputs and the model's predictions at the text positions
+    (with `keep_cache`, the keys/values too: the model's own continuation decodes on top of them)."""
     if not token_ids:
         raise EmptyTextError("text is empty: it has no tokens")
     prefix = list(model.context_prefix)
     ids = torch.tensor([prefix + list(token_ids)], device=model.device)
     envoy = model.nnsight
     blocks = model.adapter.locate_blocks(envoy)
-    with torch.inference_mode(), envoy.trace(ids):
+    cache = full_cache(model) if keep_cache else None
+    kept = {"cache": cache, "use_cache": True, "attention_mask": torch.ones_like(ids)} if keep_cache else {}
+    with torch.inference_mode(), envoy.trace(ids, **kept):
         outputs = save([block_output_tensor(blocks[i].output) for i in range(model.adapter.n_layers)])
         logits = save(envoy.output.logits)
     start = len(prefix)
@@ -58,4 +64,4 @@ def run_source_pass(model: LoadedModel, token_ids: list[int]) -> SourcePass:
     probs = torch.softmax(logits[0, start:].float(), dim=-1)
     next_probs, next_ids = probs.max(dim=-1)
     log_probs = torch.log_softmax(logits[0, start:].float(), dim=-1)
-    return SourcePass(list(token_ids), prefix, hidden, next_ids, next_probs, log_probs)
+    return SourcePass(list(token_ids), prefix, hidden, next_ids, next_probs, log_probs, cache)

@@ -8,8 +8,10 @@ same products, summed in other batch shapes); tests check both against the naive
 
 A streamed grid (`grid.stream_waves`) decodes its middle row first and the rest as it leaves: on a CPU each forward
 costs at least one read of all the weights (~60 ms for the embedded model), so letting the rest in earlier would put
-its heavy patched step before the first row is whole. What streaming gets from here: a stop check after every
-forward (Cancel), and the rest in one batch however many cells (`decode_patched` splits at its CPU chunk size).
+its heavy patched step before the first row is whole. The first wave's forwards are light, so the model's own
+continuation (`ContinuationRows`: N-1 decode steps for every text position, rows with the text's keys/values) is
+decoded in them rather than in forwards of its own. Streaming also gets a stop check after every forward (Cancel),
+and the rest in one batch however many cells (`decode_patched` splits at its CPU chunk size).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from app.lens.architectures import attention_window
 from app.lens.engine import (
     CellPredictions,
+    KeysValues,
     PatchedCells,
     PrefixStore,
     bytes_per_row,
@@ -43,11 +46,45 @@ Finished = list[tuple[int, CellPredictions]]
 
 @dataclass
 class _Window:
-    """Which cache rows the current forward runs (`start:end`) and the position each of them writes."""
+    """Which cache rows the current forward runs (`start:end`) and the slot each of them writes."""
 
     start: int = 0
     end: int = 0
-    positions: torch.Tensor | None = None
+    slots: torch.Tensor | None = None
+
+
+@dataclass
+class ContinuationRows:
+    """The model's own greedy continuation after each of a text's T positions, decoded in the same forwards as the
+    cells (the first N-1 forwards, where a streamed grid's forwards are light): row t sees the text's keys/values up
+    to position t (`keys_values`, of [prefix + text]) and is fed the model's next token there (`next_ids`) first.
+    `token_ids`/`probs` ([T, N], column 0 the next token) are set once decoded."""
+
+    keys_values: KeysValues
+    n_prefix: int
+    next_ids: torch.Tensor  # [T] long
+    next_probs: torch.Tensor  # [T] float32
+    steps: int  # N
+    token_ids: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.next_ids)
+
+    @property
+    def text_length(self) -> int:
+        return self.n_prefix + self.n_rows
+
+    def done(self) -> bool:
+        return self.token_ids is not None
+
+
+def can_decode_alongside(model: LoadedModel, text_length: int, n_future: int) -> bool:
+    """Whether continuation rows of a text of `text_length` positions (prefix included) can share the forwards:
+    every position visible to the model (no shorter sliding window)."""
+    window = attention_window(model.hf.config)
+    return window is None or window >= text_length + n_future - 1
 
 
 class StaggeredLayer(DynamicLayer):
@@ -64,11 +101,12 @@ class StaggeredLayer(DynamicLayer):
         self.key_buffer = key_states.new_zeros((self.n_rows, heads, self.capacity, width))
         self.value_buffer = value_states.new_zeros((self.n_rows, value_states.shape[1], self.capacity, width))
 
-    def fill_prefix(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """The shared context's first positions, [n_rows, heads, P-1, d_head] each."""
-        self.lazy_initialization(keys, values)
-        self.key_buffer[:, :, : keys.shape[2]] = keys
-        self.value_buffer[:, :, : values.shape[2]] = values
+    def fill_prefix(self, rows: slice, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """The first slots of buffer `rows`: keys/values [n or 1, heads, positions, d_head] each (1: every row)."""
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values)
+        self.key_buffer[rows, :, : keys.shape[2]] = keys
+        self.value_buffer[rows, :, : values.shape[2]] = values
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -77,8 +115,8 @@ class StaggeredLayer(DynamicLayer):
         rows = torch.arange(window.end - window.start, device=key_states.device)
         self.keys = self.key_buffer[window.start : window.end]
         self.values = self.value_buffer[window.start : window.end]
-        self.keys[rows, :, window.positions] = key_states[:, :, 0]
-        self.values[rows, :, window.positions] = value_states[:, :, 0]
+        self.keys[rows, :, window.slots] = key_states[:, :, 0]
+        self.values[rows, :, window.slots] = value_states[:, :, 0]
         return self.keys, self.values
 
 
@@ -128,26 +166,38 @@ def decode_staggered(
     n_future: int,
     top_k: int = 5,
     prefixes: tuple[PrefixStore, Sequence[Hashable]] | None = None,
+    alongside: ContinuationRows | None = None,
 ) -> Iterator[Finished]:
     """Decode `cells` (N greedy tokens each, the top-k of the first), wave k (`entering[k]`, cell indices; may be
     empty) entering at forward k. Yields once per forward the waves it finished (often none), so a consumer can stop
-    between forwards. Only where `can_stagger`: the caller decodes wave after wave otherwise."""
+    between forwards. `alongside` (continuation rows; wave 0 must not be empty) is decoded in the first N-1
+    forwards and set before the yield of the forward that finished it. Only where `can_stagger` (and, with
+    `alongside`, `can_decode_alongside`): the caller decodes wave after wave otherwise."""
     if n_future < 1:
         raise ValueError("n_future must be at least 1")
     if not can_stagger(model, cells, n_future):
         raise ValueError("these cells cannot be decoded staggered (contexts of several lengths, or too many cells)")
-    prompt_len = len(cells.contexts[0])
+    if alongside is not None and (not len(entering) or not len(entering[0])):
+        raise ValueError("continuation rows go with a first wave entering at forward 0")
+    if alongside is not None and alongside.steps == 1:  # nothing to decode: the next tokens are the continuation
+        alongside.token_ids, alongside.probs = alongside.next_ids[:, None].cpu(), alongside.next_probs[:, None].cpu()
+        alongside = None
     waves, order = _waves(entering)
-    run = _StaggeredRun(model, cells, waves, order, prompt_len, n_future, top_k, prefixes)
-    for forward in range(waves[-1].enters + n_future if waves else 0):
+    run = _StaggeredRun(model, cells, waves, order, n_future, top_k, prefixes, alongside)
+    n_forwards = waves[-1].enters + n_future if waves else 0
+    for forward in range(n_forwards):
+        run.forward(forward)
+        if alongside is not None and forward == alongside.steps - 2:
+            alongside.token_ids, alongside.probs = run.continuation()
         active = [wave for wave in waves if wave.enters <= forward < wave.enters + n_future]
-        if active:
-            run.forward(forward, active)
         yield [(wave.index, run.predictions(wave)) for wave in active if wave.enters + n_future - 1 == forward]
 
 
 class _StaggeredRun:
-    """The state of one staggered decode: the cache, each cell's decoded tokens so far and its first-token facts."""
+    """The state of one staggered decode: the cache, each row's decoded tokens so far and the cells' first-token
+    facts. Buffer rows: the continuation rows (if any), then the cells wave by wave. Row r is fed at forwards
+    `enters[r]` .. `enters[r] + n_steps[r] - 1`, at position `first_position[r] + step`, writing slot
+    `first_slot[r] + step`, and sees slots up to `sees_until[r]` and its own slots from `first_slot[r]`."""
 
     def __init__(
         self,
@@ -155,22 +205,46 @@ class _StaggeredRun:
         cells: PatchedCells,
         waves: list[_Wave],
         order: torch.Tensor,
-        prompt_len: int,
         n_future: int,
         top_k: int,
         prefixes: tuple[PrefixStore, Sequence[Hashable]] | None,
+        alongside: ContinuationRows | None,
     ):
         device, dtype = model.device, model.dtype
-        self.model, self.prompt_len = model, prompt_len
-        self.capacity = prompt_len + n_future - 1
+        self.model = model
+        prompt_len = len(cells.contexts[0])
+        n_text = alongside.n_rows if alongside is not None else 0
+        self.n_text, n_rows = n_text, n_text + len(order)
+        self.waves = [_Wave(w.index, w.start + n_text, w.end + n_text, w.enters) for w in waves]
+        self.capacity = max(prompt_len + n_future - 1, alongside.text_length + n_future - 1 if alongside else 0)
         contexts = torch.stack(list(cells.contexts)).to(device, dtype)
         context_index = cells.context_index[order].to(device)
         self.layers, self.states = cells.layers[order].to(device), cells.states[order].to(device, dtype)
-        self.last_embeds = contexts[context_index, -1]
         self.reference = cells.reference.take(order) if cells.reference is not None else None
         self.window = _Window()
         self.cache = DynamicCache(config=model.hf.config)
-        self.cache.layers = [StaggeredLayer(self.window, len(order), self.capacity) for _ in self.cache.layers]
+        self.cache.layers = [StaggeredLayer(self.window, n_rows, self.capacity) for _ in self.cache.layers]
+        long = {"dtype": torch.long, "device": device}
+        self.enters = torch.zeros(n_rows, **long)
+        self.n_steps = torch.full((n_rows,), n_future, **long)
+        self.first_position = torch.full((n_rows,), prompt_len - 1, **long)
+        self.sees_until = torch.full((n_rows,), prompt_len - 2, **long)
+        for wave in self.waves:
+            self.enters[wave.start : wave.end] = wave.enters
+        first_embeds = [contexts[context_index, -1]]
+        if alongside is not None:
+            text = slice(0, n_text)
+            positions = alongside.n_prefix + torch.arange(n_text, device=device)
+            self.n_steps[text] = alongside.steps - 1
+            self.first_position[text] = positions + 1
+            self.sees_until[text] = positions
+            first_embeds.insert(0, model.adapter.embed_tokens(alongside.next_ids.to(device)).to(dtype))
+            for layer, (keys, values) in zip(self.cache.layers, alongside.keys_values, strict=True):
+                layer.fill_prefix(text, keys, values)
+        self.first_slot = self.first_position.clone()
+        if alongside is not None:
+            self.first_slot[:n_text] = alongside.text_length
+        self.first_embeds = torch.cat(first_embeds)
         if prompt_len > 1:
             if prefixes is None:
                 prefix = prefix_keys_values(model, contexts)
@@ -178,38 +252,54 @@ class _StaggeredRun:
                 store, keys = prefixes
                 prefix = store.stacked(list(keys), list(cells.contexts))
             for layer, (keys_, values) in zip(self.cache.layers, prefix, strict=True):
-                layer.fill_prefix(keys_[context_index], values[context_index])
-        n_rows = len(order)
-        self.enters = torch.zeros(n_rows, dtype=torch.long, device=device)
-        for wave in waves:
-            self.enters[wave.start : wave.end] = wave.enters
+                layer.fill_prefix(slice(n_text, n_rows), keys_[context_index], values[context_index])
         top_k = min(top_k, model.adapter.vocab_size)
-        self.token_ids = torch.zeros(n_rows, n_future, dtype=torch.long, device=device)
+        self.token_ids = torch.zeros(n_rows, n_future, **long)
         self.token_probs = torch.zeros(n_rows, n_future, dtype=torch.float32, device=device)
-        self.topk_ids = torch.zeros(n_rows, top_k, dtype=torch.long, device=device)
+        self.topk_ids = torch.zeros(n_rows, top_k, **long)
         self.topk_probs = torch.zeros(n_rows, top_k, dtype=torch.float32, device=device)
         self.stats: list[tuple[slice, object]] = []
+        self.alongside = alongside
 
-    def forward(self, forward: int, active: list[_Wave]) -> None:
-        """One forward over the rows of `active` (consecutive waves): the newest wave's patched position when it
-        enters now, one decode step for the others."""
+    def _window(self, forward: int) -> tuple[int, int]:
+        """The buffer rows fed at `forward` (always one run of rows: see `decode_staggered`)."""
+        fed = torch.nonzero((self.enters <= forward) & (forward < self.enters + self.n_steps)).squeeze(1)
+        if not len(fed):
+            return 0, 0
+        start, end = int(fed[0]), int(fed[-1]) + 1
+        if len(fed) != end - start:
+            raise RuntimeError("rows fed at one forward must be consecutive")
+        return start, end
+
+    def forward(self, forward: int) -> None:
+        """One forward over the rows fed now: the patched position of the wave entering now, one decode step for
+        the other cells and for the continuation rows."""
         model, device = self.model, self.model.device
-        start, end = active[0].start, active[-1].end
+        start, end = self._window(forward)
+        if start == end:
+            return
         steps = forward - self.enters[start:end]
-        positions = self.prompt_len - 1 + steps
-        embeds = self.last_embeds[start:end].clone()
+        positions = self.first_position[start:end] + steps
+        slots = self.first_slot[start:end] + steps
+        embeds = self.first_embeds[start:end].clone()
         decoding = torch.nonzero(steps > 0).squeeze(1)
         if len(decoding):
             previous = self.token_ids[start + decoding, steps[decoding] - 1]
             embeds[decoding] = model.adapter.embed_tokens(previous).to(embeds.dtype)
-        slots = torch.arange(self.capacity, device=device)
+        every = torch.arange(self.capacity, device=device)[None, :]
+        seen = (every <= self.sees_until[start:end, None]) | (
+            (every >= self.first_slot[start:end, None]) & (every <= slots[:, None])
+        )
         mask = torch.zeros(end - start, 1, 1, self.capacity, dtype=model.dtype, device=device)
-        mask.masked_fill_((slots[None, :] > positions[:, None])[:, None, None], torch.finfo(model.dtype).min)
-        self.window.start, self.window.end, self.window.positions = start, end, positions
-        newest = active[-1]
-        patched = slice(newest.start, newest.end) if newest.enters == forward else slice(end, end)
+        mask.masked_fill_(~seen[:, None, None], torch.finfo(model.dtype).min)
+        self.window.start, self.window.end, self.window.slots = start, end, slots
+        newest = next((w for w in self.waves if w.enters == forward), None)
+        patched = slice(newest.start, newest.end) if newest is not None else slice(end, end)
         with patch_block_outputs(
-            model.adapter, self.layers[patched], self.states[patched], first_row=patched.start - start
+            model.adapter,
+            self.layers[patched.start - self.n_text : patched.stop - self.n_text],
+            self.states[patched.start - self.n_text : patched.stop - self.n_text],
+            first_row=patched.start - start,
         ):
             out = model.hf(
                 inputs_embeds=embeds[:, None],
@@ -231,11 +321,21 @@ class _StaggeredRun:
     def _first_token(self, rows: slice, logits: torch.Tensor, probs: torch.Tensor) -> None:
         self.topk_probs[rows], self.topk_ids[rows] = probs.topk(self.topk_ids.shape[1], dim=-1)
         if self.reference is not None:
-            reference = self.reference.take(torch.arange(rows.start, rows.stop))
+            reference = self.reference.take(torch.arange(rows.start - self.n_text, rows.stop - self.n_text))
             self.stats.append((rows, first_token_stats(torch.log_softmax(logits, dim=-1), reference, compare=True)))
 
+    def continuation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The continuation rows' tokens [T, N] and probabilities, the model's next token first."""
+        alongside, rows = self.alongside, slice(0, self.n_text)
+        decoded = alongside.steps - 1
+        ids = torch.cat([alongside.next_ids[:, None].to(self.token_ids.device), self.token_ids[rows, :decoded]], 1)
+        probs = torch.cat(
+            [alongside.next_probs[:, None].to(self.token_probs.device), self.token_probs[rows, :decoded]], 1
+        )
+        return ids.cpu(), probs.cpu()
+
     def predictions(self, wave: _Wave) -> CellPredictions:
-        rows = slice(wave.start, wave.end)
+        rows = slice(wave.start + self.n_text, wave.end + self.n_text)
         stats = next((s for r, s in self.stats if r == rows), None)
         return CellPredictions(
             self.token_ids[rows], self.token_probs[rows], self.topk_ids[rows], self.topk_probs[rows], stats
