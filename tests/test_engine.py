@@ -144,8 +144,19 @@ def test_n_future_must_be_positive(tiny_gpt2: LoadedModel) -> None:
 HALF_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 5e-3}  # a few units in the last place of a probability
 
 
+def streamed_grids(lens: FutureLens, texts: list[str], layers: list[int], n_future: int, top_k: int):
+    """Each text's grid as the page streams it (staggered waves, the continuation in the first forwards)."""
+    grids = []
+    for text in texts:
+        stream = lens.stream(text, layers=layers, n_future=n_future, top_k=top_k)
+        list(stream.rows())
+        grids.append(stream.grid())
+    return grids
+
+
 @pytest.mark.parametrize("dtype", list(HALF_TOLERANCE), ids=str)
-def test_half_precision_engine_agrees_with_naive(tiny_model: LoadedModel, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("how", ["batched", "streamed"])
+def test_half_precision_engine_agrees_with_naive(tiny_model: LoadedModel, dtype: torch.dtype, how: str) -> None:
     """In bf16/fp16 batching and caching change rounding, so exact equality is replaced by near-argmax agreement."""
     if dtype == torch.float16 and TEST_DEVICE == "cpu":
         pytest.skip("float16 is a GPU dtype; CPU inference uses float32 or bfloat16")
@@ -153,7 +164,10 @@ def test_half_precision_engine_agrees_with_naive(tiny_model: LoadedModel, dtype:
     layers = list(range(half.adapter.n_layers))
     lens = FutureLens(half, random_prompts(half, layers), chunk_rows=7)
     texts = texts_for(half)
-    grids = lens.grids(texts, layers=layers, n_future=3, top_k=4)
+    if how == "batched":
+        grids = lens.grids(texts, layers=layers, n_future=3, top_k=4)
+    else:
+        grids = streamed_grids(lens, texts, layers, 3, 4)
     engine = CellPredictions.concat([grid_predictions(grid) for grid in grids])
     naive = CellPredictions.concat([naive_grid_cells(lens, text, layers, 3, 4) for text in texts])
     tolerance = HALF_TOLERANCE[dtype]
