@@ -88,35 +88,59 @@ def can_decode_alongside(model: LoadedModel, text_length: int, n_future: int) ->
 
 
 class StaggeredLayer(DynamicLayer):
-    """A cache layer with one buffer row per cell, each forward writing its rows at their own positions. Slots not
-    written yet are zeros (finite, so the mask's large negative bias removes them exactly); inference only."""
+    """A cache layer with one buffer row per decoded row, each forward writing its rows at their own slots. Rows come
+    in groups with their own number of slots (the continuation rows hold the text, the cells only their context), so
+    a group's buffer is as long as it needs; a forward over rows of both gets them padded to the longer. Slots not
+    written are zeros (finite, so the mask's large negative bias removes them exactly); inference only."""
 
-    def __init__(self, window: _Window, n_rows: int, capacity: int):
+    def __init__(self, window: _Window, groups: Sequence[tuple[int, int]]):
         super().__init__()
-        self.window, self.n_rows, self.capacity = window, n_rows, capacity
+        self.window, self.groups = window, list(groups)  # (rows, slots) per group, in buffer-row order
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         heads, width = key_states.shape[1], key_states.shape[-1]
-        self.key_buffer = key_states.new_zeros((self.n_rows, heads, self.capacity, width))
-        self.value_buffer = value_states.new_zeros((self.n_rows, value_states.shape[1], self.capacity, width))
+        self.buffers = [
+            (
+                key_states.new_zeros((rows, heads, slots, width)),
+                value_states.new_zeros((rows, value_states.shape[1], slots, width)),
+            )
+            for rows, slots in self.groups
+        ]
 
-    def fill_prefix(self, rows: slice, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """The first slots of buffer `rows`: keys/values [n or 1, heads, positions, d_head] each (1: every row)."""
+    def fill_prefix(self, group: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """The first slots of every row of `group`: keys/values [rows or 1, heads, positions, d_head] each."""
         if not self.is_initialized:
             self.lazy_initialization(keys, values)
-        self.key_buffer[rows, :, : keys.shape[2]] = keys
-        self.value_buffer[rows, :, : values.shape[2]] = values
+        key_buffer, value_buffer = self.buffers[group]
+        key_buffer[:, :, : keys.shape[2]] = keys
+        value_buffer[:, :, : values.shape[2]] = values
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        window = self.window
-        rows = torch.arange(window.end - window.start, device=key_states.device)
-        self.keys = self.key_buffer[window.start : window.end]
-        self.values = self.value_buffer[window.start : window.end]
-        self.keys[rows, :, window.slots] = key_states[:, :, 0]
-        self.values[rows, :, window.slots] = value_states[:, :, 0]
+        window, keys, values, first = self.window, [], [], 0
+        for (rows, _), (key_buffer, value_buffer) in zip(self.groups, self.buffers, strict=True):
+            start, end = max(window.start, first), min(window.end, first + rows)
+            if start < end:
+                at = slice(start - window.start, end - window.start)
+                index = torch.arange(end - start, device=key_states.device)
+                key_view, value_view = (
+                    key_buffer[start - first : end - first],
+                    value_buffer[start - first : end - first],
+                )
+                key_view[index, :, window.slots[at]] = key_states[at, :, 0]
+                value_view[index, :, window.slots[at]] = value_states[at, :, 0]
+                keys.append(key_view)
+                values.append(value_view)
+            first += rows
+        if len(keys) == 1:  # the buffer's own rows: views, no copy
+            self.keys, self.values = keys[0], values[0]
+            return self.keys, self.values
+        slots = max(k.shape[2] for k in keys)  # rows of several groups: each padded to the longest, along the slots
+        pad = [(0, 0, 0, slots - k.shape[2]) for k in keys]
+        self.keys = torch.cat([torch.nn.functional.pad(k, p) for k, p in zip(keys, pad, strict=True)])
+        self.values = torch.cat([torch.nn.functional.pad(v, p) for v, p in zip(values, pad, strict=True)])
         return self.keys, self.values
 
 
@@ -216,14 +240,16 @@ class _StaggeredRun:
         n_text = alongside.n_rows if alongside is not None else 0
         self.n_text, n_rows = n_text, n_text + len(order)
         self.waves = [_Wave(w.index, w.start + n_text, w.end + n_text, w.enters) for w in waves]
-        self.capacity = max(prompt_len + n_future - 1, alongside.text_length + n_future - 1 if alongside else 0)
+        self.cell_slots = prompt_len + n_future - 1
+        self.text_slots = alongside.text_length + n_future - 1 if alongside is not None else 0
         contexts = torch.stack(list(cells.contexts)).to(device, dtype)
         context_index = cells.context_index[order].to(device)
         self.layers, self.states = cells.layers[order].to(device), cells.states[order].to(device, dtype)
         self.reference = cells.reference.take(order) if cells.reference is not None else None
         self.window = _Window()
         self.cache = DynamicCache(config=model.hf.config)
-        self.cache.layers = [StaggeredLayer(self.window, n_rows, self.capacity) for _ in self.cache.layers]
+        groups = [(n_text, self.text_slots), (len(order), self.cell_slots)] if n_text else [(n_rows, self.cell_slots)]
+        self.cache.layers = [StaggeredLayer(self.window, groups) for _ in self.cache.layers]
         long = {"dtype": torch.long, "device": device}
         self.enters = torch.zeros(n_rows, **long)
         self.n_steps = torch.full((n_rows,), n_future, **long)
@@ -240,7 +266,7 @@ class _StaggeredRun:
             self.sees_until[text] = positions
             first_embeds.insert(0, model.adapter.embed_tokens(alongside.next_ids.to(device)).to(dtype))
             for layer, (keys, values) in zip(self.cache.layers, alongside.keys_values, strict=True):
-                layer.fill_prefix(text, keys, values)
+                layer.fill_prefix(0, keys, values)
         self.first_slot = self.first_position.clone()
         if alongside is not None:
             self.first_slot[:n_text] = alongside.text_length
@@ -252,7 +278,7 @@ class _StaggeredRun:
                 store, keys = prefixes
                 prefix = store.stacked(list(keys), list(cells.contexts))
             for layer, (keys_, values) in zip(self.cache.layers, prefix, strict=True):
-                layer.fill_prefix(slice(n_text, n_rows), keys_[context_index], values[context_index])
+                layer.fill_prefix(1 if n_text else 0, keys_[context_index], values[context_index])
         top_k = min(top_k, model.adapter.vocab_size)
         self.token_ids = torch.zeros(n_rows, n_future, **long)
         self.token_probs = torch.zeros(n_rows, n_future, dtype=torch.float32, device=device)
@@ -286,11 +312,12 @@ class _StaggeredRun:
         if len(decoding):
             previous = self.token_ids[start + decoding, steps[decoding] - 1]
             embeds[decoding] = model.adapter.embed_tokens(previous).to(embeds.dtype)
-        every = torch.arange(self.capacity, device=device)[None, :]
+        width = max(self.text_slots if start < self.n_text else 0, self.cell_slots if end > self.n_text else 0)
+        every = torch.arange(width, device=device)[None, :]
         seen = (every <= self.sees_until[start:end, None]) | (
             (every >= self.first_slot[start:end, None]) & (every <= slots[:, None])
         )
-        mask = torch.zeros(end - start, 1, 1, self.capacity, dtype=model.dtype, device=device)
+        mask = torch.zeros(end - start, 1, 1, width, dtype=model.dtype, device=device)
         mask.masked_fill_(~seen[:, None, None], torch.finfo(model.dtype).min)
         self.window.start, self.window.end, self.window.slots = start, end, slots
         newest = next((w for w in self.waves if w.enters == forward), None)
