@@ -1,5 +1,6 @@
 /* Future Lens cell tools: from a cell's popover, track a candidate token through the grid (a chart below the grid,
- * /g/{id}/track.svg) or show the code behind the cell (/g/{id}/code.py, a transformers + nnsight script).
+ * /g/{id}/track.svg) or show the code behind the cell (/g/{id}/code.py, a transformers + nnsight script); on the
+ * grid page and in each pane of a side-by-side comparison.
  * lens.js fires "lens:popover" after filling the popover. Token text and code are only written with textContent. */
 (function () {
   "use strict";
@@ -13,8 +14,13 @@
     return node;
   }
 
-  function gridData() {
-    var island = document.getElementById("grid-data");
+  /* A grid's container: the page's result, or one pane of a side-by-side comparison (two grids on one page). */
+  var CONTAINER = "[data-grid-id], [data-pane-grid]";
+
+  function gridData(cell) {
+    var container = cell.closest(CONTAINER);
+    var island = container && container.querySelector("template[id^='grid-data']");
+    island = island || document.getElementById("grid-data");
     return island ? JSON.parse((island.content || island).textContent) : null;
   }
 
@@ -25,7 +31,8 @@
   }
 
   function gridIdOf(cell) {
-    var result = cell.closest("[data-grid-id]");
+    var result = cell.closest(CONTAINER);
+    if (result && result.dataset.paneGrid) return result.dataset.paneGrid;
     return result ? result.dataset.gridId : null;
   }
 
@@ -48,7 +55,7 @@
   /* ---------- tools in the popover ---------- */
 
   function addTools(event) {
-    var popover = event.target, detail = event.detail, data = gridData();
+    var popover = event.target, detail = event.detail, data = gridData(detail.cell);
     if (!data || !gridIdOf(detail.cell)) return;
     var info = data.cells[detail.r][detail.c];
     var tools = el("div", "cell-tools");
@@ -84,7 +91,7 @@
   /* ---------- the trajectory panel below the grid ---------- */
 
   function trackPanel(cell) {
-    var result = cell.closest("[data-grid-id]");
+    var result = cell.closest(CONTAINER);
     var panel = result.querySelector(".track-panel");
     if (!panel) {
       panel = el("section", "track-panel");
@@ -97,7 +104,7 @@
   }
 
   function showTrack(cell, k) {
-    var id = gridIdOf(cell), data = gridData();
+    var id = gridIdOf(cell), data = gridData(cell);
     var r = Number(cell.dataset.r), c = Number(cell.dataset.c);
     var text = visible(data.cells[r][c].k[k][0], data.marks);
     var panel = trackPanel(cell);
@@ -139,7 +146,7 @@
   /* ---------- the code behind a cell, in the popover ---------- */
 
   function showCode(button, cell) {
-    var id = gridIdOf(cell), data = gridData(), popover = document.getElementById("popover");
+    var id = gridIdOf(cell), data = gridData(cell), popover = document.getElementById("popover");
     var r = Number(cell.dataset.r), c = Number(cell.dataset.c);
     var box = popover.querySelector(".code-box");
     if (box) { box.remove(); popover.classList.remove("with-code"); return; }

@@ -165,3 +165,29 @@ def test_a_comparison_link_reopens_the_same_view_with_its_popover(served, grid_a
         assert not other.problems, other.problems
     finally:
         other.close()
+
+
+def test_side_by_side_popovers_have_each_grids_tools(served, grid_a, watched) -> None:  # noqa: F811
+    """Track and Code behind the cell work in both panes of a comparison, each for its own grid."""
+    base_url, _ = served
+    page = watched.page
+    b = post_json(base_url, "/lens", {"text": TEXT_B, "method": "logit", "layers": grid_a["layers"], "top_k": 3})
+    page.goto(f"{base_url}/compare/{grid_a['id']}/{b['id']}?view=side")
+    page.wait_for_selector(".compare-side")
+    for pane, grid, text in [("b", b, TEXT_B), ("a", grid_a, TEXT_A)]:
+        page.locator(f'[data-pane="{pane}"] td.cell[data-r="3"][data-c="2"]').click()
+        popover = page.locator("#popover")
+        popover.locator("button.cell-code").click()
+        page.wait_for_function("() => document.querySelector('#popover .code-box pre').textContent.includes('TEXT = ')")
+        code = popover.locator(".code-box pre").inner_text()
+        assert f"TEXT = {text!r}" in code, "the code recomputes this pane's grid"
+        candidates = popover.locator("button.track-token")
+        assert candidates.count() == 3, "the pane's grid has top_k 3"
+        candidates.first.click()
+        chart = page.locator(f'[data-pane="{pane}"] .track-panel img.track-chart')
+        chart.wait_for(state="visible", timeout=120_000)
+        assert f"/g/{grid['id']}/track.svg?" in chart.get_attribute("src")
+        first = grid["cells"][3][2]["topk"][0]["text"].strip()
+        assert first in page.locator(f'[data-pane="{pane}"] .track-panel h3').inner_text()
+        page.keyboard.press("Escape")
+    assert page.locator(".track-panel").count() == 2, "one trajectory under each pane"
