@@ -520,6 +520,10 @@ class PostgresGridStore(GridStore):
                 held.callback(_unlock, connection, key)
             yield
 
+    def close(self) -> None:
+        """Close the pool: its connections (sessions) end and later calls raise `StoreError`."""
+        self.pool.close()
+
 
 def _unlock(connection: psycopg.Connection, key: int) -> None:
     """Release one advisory lock; if that fails, close the session, which releases all of its locks (the pool drops
@@ -530,9 +534,6 @@ def _unlock(connection: psycopg.Connection, key: int) -> None:
         connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
     except psycopg.Error:
         connection.close()
-
-    def close(self) -> None:
-        self.pool.close()
 
 
 def new_stored_grid(grid_id: str, model_id: str, request: dict[str, object], document_json: str) -> StoredGrid:

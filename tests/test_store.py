@@ -511,6 +511,20 @@ def test_a_lost_database_answers_503_not_500(postgres_server, postgres_url, tiny
     store.close()
 
 
+def test_postgres_close_closes_the_pool_and_ends_its_sessions(postgres_url):
+    store = PostgresGridStore(postgres_url)
+    store.put(grid())
+    name = postgres_url.rsplit("/", 1)[1]
+    count_sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name <> 'probe'"
+    with psycopg.connect(postgres_url, autocommit=True, application_name="probe") as probe:
+        assert probe.execute(count_sessions, (name,)).fetchone()[0] >= 1
+        store.close()
+        assert store.pool.closed
+        wait_for(lambda: probe.execute(count_sessions, (name,)).fetchone()[0] == 0, "the pool's sessions stayed open")
+    with pytest.raises(StoreError):
+        store.get(GRID_ID)
+
+
 # ---------- settings ----------
 
 
