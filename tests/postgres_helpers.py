@@ -1,8 +1,9 @@
 """A throwaway PostgreSQL server for the tests: Debian's server binaries, a cluster in a temp dir, loopback only.
 
-initdb refuses to run as root, so as root the cluster belongs to (and runs as) the `postgres` system user. The
-server listens on a free 127.0.0.1 port and on a Unix socket in its own temp dir; clients connect as `postgres`
-with trust authentication (nothing outside this machine can reach it). No mock: the store tests talk to it.
+initdb refuses to run as root, so as root the cluster belongs to (and runs as) the `postgres` system user, through
+`runuser` (found on PATH, else in /usr/sbin or /sbin). The server listens on a free 127.0.0.1 port and on a Unix
+socket in its own temp dir; clients connect as `postgres` with trust authentication (nothing outside this machine
+can reach it). No mock: the store tests talk to it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,27 @@ INSTALL_HINT = (
 )
 
 
+#: Where `runuser` lives when the PATH leaves out the sbin folders (as a non-login root shell's PATH may).
+RUNUSER_DIRS: tuple[str | Path, ...] = ("/usr/sbin", "/sbin")
+RUNUSER_HINT = (
+    "`runuser` (util-linux; it runs PostgreSQL's tools as the `postgres` user, since initdb refuses to run as root) "
+    f"is neither on PATH nor in {', '.join(str(d) for d in RUNUSER_DIRS)}: install util-linux, or run the tests as a "
+    "user other than root"
+)
+
+
+def runuser_path() -> str | None:
+    """The `runuser` executable: from PATH, else from `RUNUSER_DIRS`; None when there is none."""
+    found = shutil.which("runuser")
+    if found:
+        return found
+    for folder in RUNUSER_DIRS:
+        candidate = Path(folder) / "runuser"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
 def postgres_bin_dir() -> Path | None:
     """The folder holding initdb and pg_ctl: `$FUTURE_LENS_PG_BIN`, else Debian's newest installed version."""
     configured = os.environ.get("FUTURE_LENS_PG_BIN")
@@ -36,11 +58,12 @@ def postgres_bin_dir() -> Path | None:
     return max(found, key=lambda bin_dir: int(bin_dir.parent.name), default=None)
 
 
-def missing_postgres() -> NoReturn:
-    """In CI (CI=true) the PostgreSQL tests must run, so missing binaries fail them; elsewhere they skip, saying why."""
+def missing_postgres(hint: str = INSTALL_HINT) -> NoReturn:
+    """In CI (CI=true) the PostgreSQL tests must run, so missing binaries (or a missing `runuser`) fail them;
+    elsewhere they skip, saying why."""
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(INSTALL_HINT, pytrace=False)
-    pytest.skip(INSTALL_HINT)
+        pytest.fail(hint, pytrace=False)
+    pytest.skip(hint)
 
 
 class PostgresServer:
@@ -49,6 +72,9 @@ class PostgresServer:
     def __init__(self, bin_dir: Path):
         self.bin_dir = bin_dir
         self.as_root = os.geteuid() == 0
+        self.runuser = runuser_path() if self.as_root else None
+        if self.as_root and self.runuser is None:
+            missing_postgres(RUNUSER_HINT)
         self.root = Path(tempfile.mkdtemp(prefix="future-lens-pg-"))  # not under pytest's root-only temp dirs
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -57,8 +83,8 @@ class PostgresServer:
     def _run(self, tool: str, *args: str) -> None:
         """Run a server tool (as `postgres` when we are root); a failure shows its output and the server log."""
         command = [str(self.bin_dir / tool), *args]
-        if self.as_root:
-            command = ["runuser", "-u", "postgres", "--", *command]
+        if self.runuser is not None:
+            command = [self.runuser, "-u", "postgres", "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             log = self.log.read_text()[-2000:] if self.log.exists() else ""
