@@ -36,8 +36,12 @@ class SourcePass:
 
 def normalize_text(text: str) -> str:
     """The one text normalisation: `\\r\\n` (how browsers submit a textarea's line breaks) becomes `\\n`, so form,
-    API and CLI give the same tokens and permalink for the same text. A lone `\\r` is kept: it is a real character."""
-    return text.replace("\r\n", "\n")
+    API and CLI give the same tokens and permalink for the same text. A run of `\\r` before a `\\n` (`\\r\\r\\n`)
+    becomes one `\\n` too, so normalising twice changes nothing (the stored text is the text tokenized). A lone
+    `\\r` is kept: it is a real character."""
+    # Strip the `\r`s that end each line (not a regex: `\r+\n` backtracks quadratically over a long `\r` run).
+    lines = text.split("\n")
+    return "\n".join([line.rstrip("\r") for line in lines[:-1]] + lines[-1:])
 
 
 def tokenize(model: LoadedModel, text: str) -> list[int]:

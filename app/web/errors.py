@@ -88,6 +88,12 @@ def install_error_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = "5"
         return response
 
+    from app.web.cells import StaleGridError  # here: app.web.cells imports this module
+
+    @app.exception_handler(StaleGridError)
+    async def stale_grid(_: Request, error: StaleGridError) -> JSONResponse:
+        return error_response(409, "id", str(error))  # the lens that computed the stored grid is no longer served
+
     @app.exception_handler(ClientGoneError)
     async def client_gone(_: Request, error: ClientGoneError) -> JSONResponse:
         return error_response(499, None, str(error))  # nobody reads it: the client has left
