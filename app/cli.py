@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
+from typer.models import OptionInfo
 
 from app.lens import DEFAULT_MODEL, Grid
 from app.lens.display import visible_whitespace
@@ -20,6 +21,39 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Future Lens:
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="catalog id or local HF model directory")]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ... or auto")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto")]
+
+
+def registered_method(value: str) -> str:
+    """`--method`: a registered lens's name (checked when the command line is parsed, against the registry then)."""
+    from app.lens.registry import lens_names
+
+    if value not in lens_names():
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise typer.BadParameter(f"{shown!r} is not one of {', '.join(lens_names())}")
+    return value
+
+
+class MethodOption(OptionInfo):
+    """`--method`'s option, whose help lists the lens registry's names when the command line is built (so a lens
+    registered after this module was imported is listed too)."""
+
+    @property
+    def help(self) -> str:
+        from app.lens.registry import lens_names
+
+        return f"the lens: {', '.join(lens_names())} (docs/lenses.md)"
+
+    @help.setter
+    def help(self, _: object) -> None:  # OptionInfo's __init__ assigns it
+        pass
+
+
+def method_option() -> MethodOption:
+    """A fresh `--method` option (typer keeps one per parameter)."""
+    template = typer.Option(parser=registered_method, metavar="METHOD")
+    option = MethodOption.__new__(MethodOption)
+    option.__dict__.update({k: v for k, v in vars(template).items() if k != "help"})
+    return option
 
 
 def fail(message: str) -> NoReturn:
@@ -91,7 +125,7 @@ def grid_output(
 @cli.command()
 def grid(
     text: Annotated[str, typer.Argument(help="the input text")],
-    method: Annotated[str, typer.Option(help="future, logit, fixed, identity, tuned or jacobian")] = "future",
+    method: Annotated[str, method_option()] = "future",
     layers: Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")] = "all",
     n_future: Annotated[int, typer.Option("--n-future", "-n", help="tokens decoded per cell")] = 4,
     top_k: Annotated[int, typer.Option(help="alternatives kept for the first token")] = 5,

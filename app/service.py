@@ -10,46 +10,53 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.config import get_limits
 from app.lens import (
     LENS_SEMANTICS,
     PAPER_FIXED_PROMPT,
     SCHEMA,
-    FixedPromptLens,
-    FutureLens,
     Grid,
     LayerSpecError,
     Lens,
     LoadedModel,
-    LogitLens,
     PromptArtifactError,
     SoftPromptSet,
     load_model,
     parse_layers,
 )
 from app.lens.grid import GridStream
-from app.lens.lenses import IdentityPatchscope
-from app.lens.linear import JacobianLens, TunedLens
+from app.lens.lenses import FutureLens
 from app.lens.prompts import default_prompt_dir
+from app.lens.registry import LensContext, LensSpec, lens_names, lens_spec, lens_specs, methods_description
 from app.lens.source import normalize_text, tokenize
 from app.lens.track import Track, TrackingUnsupportedError, check_token_ids
 from app.store import canonical_json
 
-LINEAR_LENSES: dict[str, type[TunedLens | JacobianLens]] = {"tuned": TunedLens, "jacobian": JacobianLens}
-Method = Literal["future", "logit", "fixed", "identity", "tuned", "jacobian"]
-#: Every method's name for people (the page's menu, result headings); the keys are `Method`'s values.
-METHOD_LABELS: dict[str, str] = {
-    "future": "Future lens (learned prompt)",
-    "logit": "Logit lens (next token)",
-    "fixed": "Fixed prompt",
-    "identity": "Identity patchscope",
-    "tuned": "Tuned lens (next token)",
-    "jacobian": "Jacobian lens (next token)",
-}
+#: Fixed-prompt lenses kept built at once (each holds its prompt's embeddings and prefix keys/values).
+MAX_PROMPTED_LENSES = 8
+
+
+def method_labels() -> dict[str, str]:
+    """Every registered method's label for people, in the menus' order."""
+    return {spec.name: spec.label for spec in lens_specs()}
+
+
+def method_schema(schema: dict[str, object]) -> None:
+    """The `method` field's JSON schema: the registered names as an enum, described (read when the schema is made,
+    so a lens registered later is listed)."""
+    schema["enum"] = lens_names()
+    schema["description"] = methods_description()
+
+
+def check_method(method: str) -> str:
+    """`method` when it names a registered lens; a bounded message listing them otherwise."""
+    if method not in lens_names():
+        shown = method if len(method) <= 40 else method[:40] + "…"
+        raise ValueError(f"unknown method {shown!r}: choose from {', '.join(lens_names())}")
+    return method
 
 
 class InvalidRequestError(ValueError):
@@ -64,8 +71,10 @@ class InvalidRequestError(ValueError):
 class GridRequest(BaseModel):
     """What to compute: text, lens method, N, layers, top-k, and the fixed prompt if any."""
 
+    model_config = ConfigDict(extra="forbid")
+
     text: str = Field(min_length=1, examples=["Marty McFly from"])
-    method: Method = "future"
+    method: str = Field("future", json_schema_extra=method_schema)
     n_future: int = Field(4, json_schema_extra={"minimum": 1})
     layers: str | list[int] | None = Field(None, description="all, 0-29, 0,5,10, ::3 or a list of block indices")
     top_k: int = Field(5, json_schema_extra={"minimum": 1})
@@ -86,6 +95,11 @@ class GridRequest(BaseModel):
         if len(text) > limit:
             raise ValueError(f"text has {len(text)} characters; the limit is {limit}")
         return text
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, method: str) -> str:
+        return check_method(method)
 
     @field_validator("n_future", "top_k", mode="before")
     @classmethod
@@ -195,14 +209,19 @@ def compute_merged(planned: Sequence[PlannedGrid]) -> list[Grid]:
 
 
 class LensService:
-    """One loaded model and its lenses; thread-safe lens construction, computation is the caller's to serialise."""
+    """One loaded model and its lenses, built from the lens registry.
+
+    Which registered lenses can run is checked once, when the service is made (artifact headers only: no tensor is
+    read, nothing runs on the model). A lens is built on first use and kept; a lens whose artifact fails to load is
+    remembered as failed, not read again. Building never runs the model (a fixed prompt is embedded on first use,
+    on the thread that computes), so planning a request is safe off the inference worker."""
 
     def __init__(self, model: LoadedModel, prompt_dir: Path | None = None):
         self.model = model
         self.prompt_dir = prompt_dir or default_prompt_dir(model.id)
-        self._future: FutureLens | None = None
-        self._fixed: OrderedDict[str, FixedPromptLens] = OrderedDict()
-        self._fitted: dict[str, Lens] = {}
+        self._problems = {spec.name: spec.problem(model, self.prompt_dir) for spec in lens_specs()}
+        self._built: dict[str, Lens | InvalidRequestError] = {}
+        self._prompted: OrderedDict[tuple[str, str], Lens] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -213,70 +232,64 @@ class LensService:
     def soft_prompts(self) -> SoftPromptSet | None:
         """The trained prompts, or None when this model has none yet."""
         try:
-            return self._future_lens().prompts
+            lens = self._lens(lens_spec(FutureLens.method), None)
         except InvalidRequestError:
             return None
+        return lens.prompts if isinstance(lens, FutureLens) else None
 
-    def _future_lens(self) -> FutureLens:
-        with self._lock:
-            if self._future is None:
-                try:
-                    self._future = FutureLens(self.model, self.prompt_dir)
-                except PromptArtifactError as error:
-                    raise InvalidRequestError("method", str(error)) from None
-            return self._future
-
-    def _fixed_lens(self, prompt: str) -> FixedPromptLens:
-        with self._lock:
-            if prompt not in self._fixed:
-                self._fixed[prompt] = FixedPromptLens(self.model, prompt)
-                if len(self._fixed) > 8:
-                    self._fixed.popitem(last=False)
-            self._fixed.move_to_end(prompt)
-            return self._fixed[prompt]
-
-    def _fitted_lens(self, method: str) -> Lens:
-        """The identity patchscope, or a linear lens loaded from its artifact next to the prompts (once each)."""
-        with self._lock:
-            if method not in self._fitted:
-                try:
-                    self._fitted[method] = (
-                        IdentityPatchscope(self.model)
-                        if method == "identity"
-                        else LINEAR_LENSES[method](self.model, self.prompt_dir)
-                    )
-                except PromptArtifactError as error:  # a missing or foreign linear-lens artifact
-                    raise InvalidRequestError("method", str(error)) from None
-            return self._fitted[method]
+    def problem(self, method: str) -> str | None:
+        """Why `method` cannot run here (None: it can); a lens registered after the service was made is checked now."""
+        if method not in self._problems:
+            self._problems[method] = lens_spec(method).problem(self.model, self.prompt_dir)
+        return self._problems[method]
 
     def available_methods(self) -> list[str]:
-        """The methods this model can serve now (those needing an artifact only when it exists and fits)."""
-        available = []
-        for method in METHOD_LABELS:
-            try:
-                if method == "future":
-                    self._future_lens()
-                elif method in LINEAR_LENSES:
-                    self._fitted_lens(method)
-            except InvalidRequestError:
-                continue
-            available.append(method)
-        return available
+        """The registered methods this model can serve (those needing an artifact only when it exists and fits)."""
+        return [name for name in lens_names() if self.problem(name) is None]
+
+    def _build(self, spec: LensSpec, prompt: str | None) -> Lens:
+        try:
+            return spec.build(LensContext(self.model, self.prompt_dir, prompt))
+        except PromptArtifactError as error:  # a missing, stale or foreign artifact
+            raise InvalidRequestError("method", str(error)) from None
+
+    def _lens(self, spec: LensSpec, prompt: str | None) -> Lens:
+        """The lens of `spec` (for `prompt` where it takes one), built once; a failed build is remembered."""
+        problem = self.problem(spec.name)
+        if problem is not None:
+            raise InvalidRequestError("method", problem)
+        with self._lock:
+            if spec.takes_prompt:
+                key = (spec.name, prompt)
+                if key not in self._prompted:
+                    self._prompted[key] = self._build(spec, prompt)
+                    if len(self._prompted) > MAX_PROMPTED_LENSES:
+                        self._prompted.popitem(last=False)
+                self._prompted.move_to_end(key)
+                return self._prompted[key]
+            if spec.name not in self._built:
+                try:
+                    self._built[spec.name] = self._build(spec, None)
+                except InvalidRequestError as error:
+                    self._built[spec.name] = error
+            built = self._built[spec.name]
+        if isinstance(built, InvalidRequestError):
+            raise built
+        return built
+
+    def _checked_prompt(self, request: GridRequest) -> str:
+        """The request's prompt (default: the paper's), within the token limit."""
+        prompt = request.prompt if request.prompt is not None else PAPER_FIXED_PROMPT
+        n_tokens, limit = len(tokenize(self.model, prompt)), get_limits().max_prompt_tokens
+        if n_tokens == 0:
+            raise InvalidRequestError("prompt", "prompt is empty: it has no tokens")
+        if n_tokens > limit:
+            raise InvalidRequestError("prompt", f"prompt has {n_tokens} tokens; the limit is {limit}")
+        return prompt
 
     def lens_for(self, request: GridRequest) -> Lens:
-        if request.method == "logit":
-            return LogitLens(self.model)
-        if request.method in ("identity", *LINEAR_LENSES):
-            return self._fitted_lens(request.method)
-        if request.method == "fixed":
-            prompt = request.prompt if request.prompt is not None else PAPER_FIXED_PROMPT
-            n_tokens, limit = len(tokenize(self.model, prompt)), get_limits().max_prompt_tokens
-            if n_tokens == 0:
-                raise InvalidRequestError("prompt", "prompt is empty: it has no tokens")
-            if n_tokens > limit:
-                raise InvalidRequestError("prompt", f"prompt has {n_tokens} tokens; the limit is {limit}")
-            return self._fixed_lens(prompt)
-        return self._future_lens()
+        spec = lens_spec(request.method)
+        return self._lens(spec, self._checked_prompt(request) if spec.takes_prompt else None)
 
     def plan(self, request: GridRequest) -> PlannedGrid:
         """Check what depends on the model (model name, token count, layers); bind the lens and layers to use."""
@@ -292,10 +305,17 @@ class LensService:
             layers = parse_layers(request.layers, self.model.adapter.n_layers)
         except LayerSpecError as error:
             raise InvalidRequestError("layers", str(error)) from None
-        problem = None if request.track is None else check_token_ids(self.model, request.track)
-        if problem:
-            raise InvalidRequestError("track", problem)
+        if request.track is not None:
+            problem = check_token_ids(self.model, request.track) or self.track_problem(request.method)
+            if problem:
+                raise InvalidRequestError("track", problem)
         return PlannedGrid(request, self.lens_for(request), layers)
+
+    @staticmethod
+    def track_problem(method: str) -> str | None:
+        """Why tokens cannot be tracked through `method`'s cells (None: they can)."""
+        spec = lens_spec(method)
+        return None if spec.tracks else f"the {spec.label} reads no first-token distribution to track"
 
     def track(self, planned: PlannedGrid, token_ids: Sequence[int]) -> Track:
         """Trajectories of `token_ids` (already checked by `plan`) through a planned grid's cells."""

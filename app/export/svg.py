@@ -17,6 +17,7 @@ from app.export import palette
 from app.export.selection import Selection
 from app.export.text import Piece, clip, pieces, plain, shown, truncate, width
 from app.lens.grid import Cell, Grid
+from app.lens.registry import lens_label
 
 SVG_NS = "http://www.w3.org/2000/svg"
 MONO = "'DejaVu Sans Mono', Menlo, Consolas, 'Liberation Mono', monospace"
@@ -37,7 +38,6 @@ CORNER_ROOM = 4.0  # more room on the right of a matching cell, clear of its cor
 MAX_COLUMNS = 20  # characters shown per cell by default (the page's cells are about as wide)
 MIN_CHARS, MAX_CHARS = 4, 80  # the range a caller may choose from
 SWATCH_W, SWATCH_H = 24.0, 13.0
-METHOD_NAMES = {"future": "Future lens", "logit": "Logit lens", "fixed": "Fixed prompt"}
 
 Tokens = list[list[Piece]]
 
@@ -380,7 +380,7 @@ def _draw_legend(svg: ET.Element, grid: Grid, sel: Selection, box: Layout) -> No
 
 def caption_lines(grid: Grid, selection: Selection) -> list[str]:
     """What the figure shows: method, model and N; the part of the grid; the fixed prompt if there is one."""
-    method = METHOD_NAMES.get(grid.method, grid.method)
+    method = lens_label(grid.method)
     rows, columns = len(selection.rows), len(selection.columns)
     part = f"{rows} layer{'s' if rows != 1 else ''} × {columns} token{'s' if columns != 1 else ''}"
     if columns < len(grid.tokens):

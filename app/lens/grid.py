@@ -86,6 +86,9 @@ class Grid(BaseModel):
     prompt_layers: list[int] | None = Field(
         default=None, description="future lens: per listed layer, the layer whose trained prompt was used"
     )
+    lens_fit: dict[str, str] | None = Field(
+        default=None, description="tuned and Jacobian lenses: how their maps were fitted (examples, objective, ...)"
+    )
     timings_ms: dict[str, float]
 
 
@@ -231,6 +234,10 @@ class _TextGrid:
         """The grid with these rows of cells (`[]` for a row not computed yet)."""
         model, source, texts = self.lens.model, self.source, self.texts
         continuation_ids, continuation_probs = (tensor.tolist() for tensor in self.continuation)
+        described = self.lens.describe(self.layers)
+        unknown = sorted(set(described) - set(Grid.model_fields))
+        if unknown:  # pydantic would drop them silently: a lens's facts must have a place in the schema
+            raise TypeError(f"{type(self.lens).__name__}.describe gave fields the grid schema lacks: {unknown}")
         return Grid(
             model=model_info(model),
             method=self.lens.method,
@@ -243,7 +250,7 @@ class _TextGrid:
             continuations=[texts.probs(i, p) for i, p in zip(continuation_ids, continuation_probs, strict=True)],
             cells=cells,
             timings_ms=timings,
-            **self.lens.describe(self.layers),
+            **described,
         )
 
 

@@ -15,8 +15,19 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from app.lens.engine import CellPredictions, CellReference, PatchedCells, PrefixStore, decode_patched, first_token_stats
+from app.lens.engine import (
+    CellPredictions,
+    CellReference,
+    PatchedCells,
+    PrefixStore,
+    decode_patched,
+    default_chunk_rows,
+    first_token_stats,
+    next_token_probs,
+    rows_cache,
+)
 from app.lens.grid import Grid, GridStream, compute_grids
+from app.lens.interventions import patch_block_outputs
 from app.lens.layers import parse_layers
 from app.lens.models import LoadedModel
 from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
@@ -35,6 +46,15 @@ IDENTITY_PATCHSCOPE_PROMPT = "cat -> cat; 1135 -> 1135; hello -> hello; ?"
 LENS_SEMANTICS = 1
 
 LayerSelection = str | Sequence[int] | None
+#: Cells per forward (logit lens: per unembedding) while reading whole first-token distributions (`track`): each
+#: row holds a whole-vocabulary distribution.
+DISTRIBUTION_CHUNK_ROWS = 256
+#: (cell indices, their first-token probabilities [rows, V]) for a chunk of cells.
+Distributions = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+class TrackingUnsupportedError(ValueError):
+    """The lens has no first-token distribution to track (a lens that reads no token probabilities)."""
 
 
 def prompt_token_ids(model: LoadedModel, prompt: str) -> list[int]:
@@ -71,6 +91,8 @@ class Lens(ABC):
     max_future: ClassVar[int | None] = None
     #: Whether `predict` takes a `reference` and returns first-token statistics (cells of other lenses have none).
     measures_first_token: ClassVar[bool] = False
+    #: Whether rows may stream as they are computed (`predict_waves`); every lens does unless it says otherwise.
+    streams: ClassVar[bool] = True
 
     def __init__(self, model: LoadedModel):
         self.model = model
@@ -115,6 +137,15 @@ class Lens(ABC):
     ) -> tuple[PatchedCells, tuple[PrefixStore, list[object]]] | None:
         """Cells for `decode_staggered` (with the lens's prefix store), or None: this lens does not decode."""
         return None
+
+    def first_token_distributions(self, states: torch.Tensor, layers: torch.Tensor) -> Distributions:
+        """The whole first-token distribution of each cell (for `track`), a chunk of cells at a time."""
+        raise TrackingUnsupportedError(f"the {self.method!r} lens has no first-token distribution to track")
+
+    @classmethod
+    def can_track(cls) -> bool:
+        """Whether this lens reads a first-token distribution (`first_token_distributions`) that can be tracked."""
+        return cls.first_token_distributions is not Lens.first_token_distributions
 
     def effective_future(self, n_future: int) -> int:
         return min(n_future, self.max_future) if self.max_future else n_future
@@ -169,6 +200,16 @@ class LogitLens(Lens):
     max_future = 1
     measures_first_token = True
 
+    def readout_states(self, states: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+        """The states that final norm + unembedding read: the block outputs themselves (a map of them in
+        subclasses such as the tuned lens)."""
+        return states
+
+    def first_token_logits(self, states: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+        """Float32 next-token logits [C, V] of cells `states` [C, d] at blocks `layers` [C]."""
+        hidden = self.readout_states(states.to(self.model.device), layers.to(self.model.device))
+        return self.model.adapter.logits_from_hidden(hidden.to(self.model.dtype)).float()
+
     @torch.inference_mode()
     def predict(
         self,
@@ -178,12 +219,17 @@ class LogitLens(Lens):
         top_k: int,
         reference: CellReference | None = None,
     ) -> CellPredictions:
-        logits = self.model.adapter.logits_from_hidden(states.to(self.model.device, self.model.dtype)).float()
+        logits = self.first_token_logits(states, layers)
         topk_probs, topk_ids = torch.softmax(logits, dim=-1).topk(min(top_k, logits.shape[-1]), dim=-1)
         stats = None
         if reference is not None:
             stats = first_token_stats(torch.log_softmax(logits, dim=-1), reference, compare=False)
         return CellPredictions(topk_ids[:, :1], topk_probs[:, :1], topk_ids, topk_probs, stats).cpu()
+
+    @torch.inference_mode()
+    def first_token_distributions(self, states: torch.Tensor, layers: torch.Tensor) -> Distributions:
+        for rows in torch.arange(len(states)).split(DISTRIBUTION_CHUNK_ROWS):
+            yield rows, torch.softmax(self.first_token_logits(states[rows], layers[rows]), dim=-1)
 
 
 class PatchedContextLens(Lens):
@@ -240,6 +286,25 @@ class PatchedContextLens(Lens):
         cells, keys = self.patched_cells(states, layers, reference)
         return (cells, (self.prefixes, keys)) if can_stagger(self.model, cells, n_future) else None
 
+    @torch.inference_mode()
+    def first_token_distributions(self, states: torch.Tensor, layers: torch.Tensor) -> Distributions:
+        """Cells sharing a target context together, the context's prefix keys/values from the lens's store, then
+        one patched forward per chunk (as the engine does)."""
+        model = self.model
+        keys = [self.context_key(layer) for layer in layers.tolist()]
+        for key in dict.fromkeys(keys):
+            members = torch.tensor([i for i, k in enumerate(keys) if k == key])
+            context = self.context_embeddings(int(layers[members[0]])).to(model.device, model.dtype)
+            prefix = self.prefixes.stacked([key], [context])
+            rows = self.chunk_rows or min(DISTRIBUTION_CHUNK_ROWS, default_chunk_rows(model, len(context)))
+            for chunk in members.split(rows):
+                cache = rows_cache(model, prefix, torch.zeros(len(chunk), dtype=torch.long, device=model.device))
+                embeds = context[None, -1:].expand(len(chunk), 1, -1)
+                chunk_layers = layers[chunk].to(model.device)
+                chunk_states = states[chunk].to(model.device, model.dtype)
+                with patch_block_outputs(model.adapter, chunk_layers, chunk_states):
+                    yield chunk, next_token_probs(model, cache, len(context) - 1, inputs_embeds=embeds)
+
 
 class FutureLens(PatchedContextLens):
     """The paper's learned soft prompt, one per layer (nearest trained layer where a layer has none).
@@ -279,12 +344,16 @@ class FixedPromptLens(PatchedContextLens):
         self.prompt = prompt
         if not prompt_token_ids(model, prompt):
             raise ValueError("prompt is empty: it has no tokens")
-        self._embeddings = prompt_embeddings(model, prompt)
+        self._embeddings: torch.Tensor | None = None
 
     def context_key(self, layer: int) -> object:
         return 0
 
     def context_embeddings(self, layer: int) -> torch.Tensor:
+        """The prompt's embeddings, computed on first use (where the model runs: the inference worker, not the
+        thread that validates a request)."""
+        if self._embeddings is None:
+            self._embeddings = prompt_embeddings(self.model, self.prompt)
         return self._embeddings
 
     def describe(self, layers: list[int]) -> dict[str, object]:

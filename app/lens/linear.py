@@ -24,8 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from app.atomic import atomic_path
-from app.lens.engine import CellPredictions
-from app.lens.lenses import Lens, logit_lens_topk
+from app.lens.lenses import LogitLens
 from app.lens.models import LoadedModel
 from app.lens.prompts import PromptArtifactError, default_prompt_dir, tensor_hash
 
@@ -86,37 +85,54 @@ def save_linear_maps(directory: Path, model: LoadedModel, maps: LinearMaps) -> P
     return path
 
 
-def load_linear_maps(directory: Path, model: LoadedModel, kind: str) -> LinearMaps:
-    """The `kind` maps fitted for exactly `model`'s weights; LinearLensArtifactError otherwise."""
-    path = linear_lens_file(directory, kind)
+def _linear_artifact_problem(path: Path, model: LoadedModel, kind: str) -> str | None:
+    """Why the `kind` artifact at `path` cannot serve `model`, read from its header alone (metadata and shapes, no
+    tensor data): None when it can."""
     if not path.is_file():
-        raise LinearLensArtifactError(
-            f"no {kind} lens for model {model.id!r} in {directory} (fit one with `future-lens train --method {kind}`)"
-        )
-    with safe_open(str(path), framework="pt") as artifact:
-        meta = artifact.metadata() or {}
-        names = set(artifact.keys())
-        if names != {"weight", "bias"}:
-            raise LinearLensArtifactError(f"{path}: expected tensors weight and bias, found {sorted(names)}")
-        weight, bias = artifact.get_tensor("weight"), artifact.get_tensor("bias")
+        fit = f"fit one with `future-lens train --method {kind}`"
+        return f"no {kind} lens for model {model.id!r} in {path.parent} ({fit})"
+    try:
+        with safe_open(str(path), framework="pt") as artifact:
+            meta = artifact.metadata() or {}
+            names = set(artifact.keys())
+            shapes = {name: tuple(artifact.get_slice(name).get_shape()) for name in names}
+    except Exception as error:  # a truncated or foreign file: safetensors raises its own error types
+        return f"{path}: not a readable safetensors file ({type(error).__name__})"
+    if names != {"weight", "bias"}:
+        return f"{path}: expected tensors weight and bias, found {sorted(names)[:4]}"
     if meta.get("model_fingerprint") != model.fingerprint:
-        raise LinearLensArtifactError(
+        return (
             f"{path} was fitted for weights {meta.get('model_fingerprint')!r} ({meta.get('model_id')}), "
             f"but the loaded model {model.id!r} has fingerprint {model.fingerprint!r}"
         )
     n, d = model.adapter.n_layers, model.adapter.d_model
-    if tuple(weight.shape) != (n, d, d) or tuple(bias.shape) != (n, d):
-        raise LinearLensArtifactError(
-            f"{path}: shapes {tuple(weight.shape)}, {tuple(bias.shape)} do not fit {n} layers of d_model={d}"
-        )
+    if shapes["weight"] != (n, d, d) or shapes["bias"] != (n, d):
+        return f"{path}: shapes {shapes['weight']}, {shapes['bias']} do not fit {n} layers of d_model={d}"
+    return None
+
+
+def check_linear_maps(directory: Path, model: LoadedModel, kind: str) -> str | None:
+    """Why `directory` has no usable `kind` maps for `model` (None: it has), from the artifact's header alone."""
+    return _linear_artifact_problem(linear_lens_file(directory, kind), model, kind)
+
+
+def load_linear_maps(directory: Path, model: LoadedModel, kind: str) -> LinearMaps:
+    """The `kind` maps fitted for exactly `model`'s weights; LinearLensArtifactError otherwise. The header (weights'
+    fingerprint, shapes) is checked before any tensor is read."""
+    path = linear_lens_file(directory, kind)
+    problem = _linear_artifact_problem(path, model, kind)
+    if problem is not None:
+        raise LinearLensArtifactError(problem)
+    with safe_open(str(path), framework="pt") as artifact:
+        meta = artifact.metadata() or {}
+        weight, bias = artifact.get_tensor("weight"), artifact.get_tensor("bias")
     return LinearMaps(kind, weight.float(), bias.float(), meta)
 
 
-class LinearMapLens(Lens):
+class LinearMapLens(LogitLens):
     """Final norm + unembedding of a per-layer affine translation of the state: the next token only."""
 
     kind: ClassVar[str]
-    max_future = 1
 
     def __init__(self, model: LoadedModel, maps: LinearMaps | Path | None = None):
         super().__init__(model)
@@ -126,14 +142,13 @@ class LinearMapLens(Lens):
             raise LinearLensArtifactError(f"{self.method} lens needs {self.kind} maps, got {maps.kind!r}")
         self.maps = maps
 
-    def predict(self, states: torch.Tensor, layers: torch.Tensor, n_future: int, top_k: int) -> CellPredictions:
-        translated = self.maps.apply(states.to(self.model.device), layers.to(self.model.device))
-        topk_probs, topk_ids = logit_lens_topk(self.model, translated, top_k)
-        return CellPredictions(topk_ids[:, :1], topk_probs[:, :1], topk_ids, topk_probs).cpu()
+    def readout_states(self, states: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+        """The states through their layers' affine maps (in float32)."""
+        return self.maps.apply(states, layers)
 
     def describe(self, layers: list[int]) -> dict[str, object]:
         fitted = {k: v for k, v in self.maps.metadata.items() if k in ("examples", "prompts", "objective", "fitted")}
-        return {f"{self.kind}_lens": fitted}
+        return {"lens_fit": fitted}
 
     def identity(self, layers: list[int]) -> dict[str, object]:
         return {f"{self.kind}_hash": self.maps.content_hash()}

@@ -132,14 +132,55 @@ def _load_layer(path: Path, model: LoadedModel) -> tuple[torch.Tensor, dict[str,
     return tensor, meta
 
 
-def load_soft_prompts(directory: Path, model: LoadedModel) -> SoftPromptSet:
-    """Load every layer listed in `directory`'s manifest, refusing artifacts made for other weights."""
-    manifest = read_manifest(directory)
+def _header_problem(path: Path, model: LoadedModel) -> str | None:
+    """Why one prompt file cannot serve `model`, from its header alone (metadata and shape, no tensor data)."""
+    if not path.is_file():
+        return f"{path}: the file listed in the manifest is missing"
+    try:
+        with safe_open(str(path), framework="pt") as artifact:
+            meta = artifact.metadata() or {}
+            if PROMPT_TENSOR not in artifact.keys():  # noqa: SIM118 (safe_open is no mapping)
+                return f"{path}: no tensor named {PROMPT_TENSOR!r}"
+            shape = tuple(artifact.get_slice(PROMPT_TENSOR).get_shape())
+    except Exception as error:  # a truncated or foreign file: safetensors raises its own error types
+        return f"{path}: not a readable safetensors file ({type(error).__name__})"
+    if meta.get("model_fingerprint") != model.fingerprint:
+        return (
+            f"{path} was trained for weights {meta.get('model_fingerprint')!r} ({meta.get('model_id')}), "
+            f"but the loaded model {model.id!r} has fingerprint {model.fingerprint!r}"
+        )
+    if len(shape) != 2 or shape[1] != model.adapter.d_model:
+        return f"{path}: prompt shape {shape} does not fit d_model={model.adapter.d_model}"
+    return None
+
+
+def check_soft_prompts(directory: Path, model: LoadedModel) -> str | None:
+    """Why `directory` holds no usable soft prompts for `model` (None: it does), from the manifest and the files'
+    headers alone: cheap enough to run once at start-up for every lens."""
+    try:
+        manifest = read_manifest(directory)
+    except (OSError, ValueError) as error:
+        return f"{directory / 'manifest.json'}: unreadable ({type(error).__name__})"
     if not manifest.get("layers"):
-        raise PromptArtifactError(
+        return (
             f"no trained soft prompts for model {model.id!r} in {directory} "
             f"(train them with `future-lens train`, or use --method logit / fixed)"
         )
+    for layer_key, entry in manifest["layers"].items():
+        if not 0 <= int(layer_key) < model.adapter.n_layers:
+            return f"{directory}: layer {int(layer_key)} is outside the model's {model.adapter.n_layers}"
+        problem = _header_problem(directory / Path(entry["file"]).name, model)
+        if problem is not None:
+            return problem
+    return None
+
+
+def load_soft_prompts(directory: Path, model: LoadedModel) -> SoftPromptSet:
+    """Load every layer listed in `directory`'s manifest, refusing artifacts made for other weights."""
+    problem = check_soft_prompts(directory, model)
+    if problem is not None:
+        raise PromptArtifactError(problem)
+    manifest = read_manifest(directory)
     prompts, metadata = {}, {}
     for layer_key, entry in manifest["layers"].items():
         layer = int(layer_key)

@@ -2,32 +2,25 @@
 
 For each tracked token id and each (layer, position) cell, the probability the lens gives that token as the *first*
 predicted token (the distribution a grid's `topk` is cut from), and its rank in that distribution (1 = the most
-likely; ties share the better rank). The logit lens reads it from final norm + unembedding of the state; the
-patched-context lenses (future, fixed) from the one patched forward of the cell's target context. Pure computation,
+likely; ties share the better rank), read by the lens's own `first_token_distributions`: final norm + unembedding
+of the state (logit lens; of its translation for the tuned and Jacobian lenses), or the one patched forward of the
+cell's target context (future, fixed, identity). Pure computation,
 no web code; the public entry point is `Lens.track(text, token_ids, layers=...)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from pydantic import BaseModel, Field
 
-from app.lens.engine import default_chunk_rows, next_token_probs, rows_cache
 from app.lens.grid import TokenText
-from app.lens.interventions import patch_block_outputs
-from app.lens.lenses import Lens, LogitLens, PatchedContextLens, logit_lens_probs
+from app.lens.layers import quoted, shown
+from app.lens.lenses import Lens, TrackingUnsupportedError  # noqa: F401 (re-exported)
 from app.lens.models import LoadedModel
 from app.lens.source import run_source_pass, tokenize
 from app.lens.tokens import TokenRenderer
-
-#: Cells per forward (logit lens: per unembedding) while tracking: each row holds a whole-vocabulary distribution.
-TRACK_CHUNK_ROWS = 256
-
-
-class TrackingUnsupportedError(ValueError):
-    """The lens has no first-token distribution to track (e.g. a method added later without one)."""
 
 
 class TrackedToken(TokenText):
@@ -51,35 +44,11 @@ def check_token_ids(model: LoadedModel, token_ids: Sequence[int]) -> str | None:
     vocab = model.adapter.vocab_size
     for token_id in token_ids:
         if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab:
-            return f"token id {token_id!r} is not in the vocabulary (0 to {vocab - 1})"
+            named = shown(token_id) if isinstance(token_id, int) else quoted(str(token_id)[:80])  # never huge
+            return f"token id {named} is not in the vocabulary (0 to {vocab - 1})"
     if len(set(token_ids)) != len(token_ids):
         return "token ids repeat"
     return None
-
-
-def _logit_distributions(lens: LogitLens, states: torch.Tensor) -> Iterator[torch.Tensor]:
-    for chunk in states.split(TRACK_CHUNK_ROWS):
-        yield logit_lens_probs(lens.model, chunk)
-
-
-def _patched_distributions(
-    lens: PatchedContextLens, states: torch.Tensor, layers: torch.Tensor
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(cell indices, their first-token distributions): cells sharing a target context together, the context's
-    prefix keys/values from the lens's store, then one patched forward per chunk (as the engine does)."""
-    model = lens.model
-    keys = [lens.context_key(layer) for layer in layers.tolist()]
-    for key in dict.fromkeys(keys):
-        members = torch.tensor([i for i, k in enumerate(keys) if k == key])
-        context = lens.context_embeddings(int(layers[members[0]])).to(model.device, model.dtype)
-        prefix = lens.prefixes.stacked([key], [context])
-        rows = lens.chunk_rows or min(TRACK_CHUNK_ROWS, default_chunk_rows(model, len(context)))
-        for chunk in members.split(rows):
-            cache = rows_cache(model, prefix, torch.zeros(len(chunk), dtype=torch.long, device=model.device))
-            embeds = context[None, -1:].expand(len(chunk), 1, -1)
-            chunk_layers, chunk_states = layers[chunk].to(model.device), states[chunk].to(model.device, model.dtype)
-            with patch_block_outputs(model.adapter, chunk_layers, chunk_states):
-                yield chunk, next_token_probs(model, cache, len(context) - 1, inputs_embeds=embeds)
 
 
 @torch.inference_mode()
@@ -91,13 +60,7 @@ def first_token_scores(
     ids = torch.tensor(list(token_ids), dtype=torch.long)
     probs = torch.zeros(len(states), len(ids))
     ranks = torch.zeros(len(states), len(ids), dtype=torch.long)
-    if isinstance(lens, LogitLens):
-        chunks = zip(torch.arange(len(states)).split(TRACK_CHUNK_ROWS), _logit_distributions(lens, states), strict=True)
-    elif isinstance(lens, PatchedContextLens):
-        chunks = _patched_distributions(lens, states, layers)
-    else:
-        raise TrackingUnsupportedError(f"the {lens.method!r} lens cannot track tokens (logit, fixed and future can)")
-    for rows, distribution in chunks:
+    for rows, distribution in lens.first_token_distributions(states, layers):
         chosen = distribution.gather(1, ids.to(distribution.device).expand(len(rows), -1))
         probs[rows] = chosen.cpu()
         for m in range(len(ids)):  # one comparison per token: [rows, V], not [rows, M, V]

@@ -17,9 +17,10 @@ from app.atomic import atomic_write_json
 from app.lens.engine import CellPredictions, PatchedCells, decode_patched
 from app.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, PAPER_FIXED_PROMPT, prompt_embeddings
 from app.lens.lenses import logit_lens_topk as lens_topk
-from app.lens.linear import LinearMaps
+from app.lens.linear import LinearMapLens, LinearMaps
 from app.lens.models import LoadedModel
 from app.lens.prompts import SoftPromptSet, read_manifest, save_soft_prompt
+from app.lens.registry import lens_specs
 from app.training.baselines import bigram_chain, bigram_table, bigram_topk, linear_baselines
 from app.training.data import Dataset, Examples, train_token_stream
 from app.training.metrics import (
@@ -33,21 +34,18 @@ from app.training.metrics import (
     score,
 )
 
-METHODS = [
-    "learned_prompt",
-    "fixed_prompt",
-    "identity_patchscope",
-    "logit_lens",
-    "tuned_lens",
-    "jacobian_lens",
-    "bigram",
-    "linear_model",
-    "linear_vocab",
-]
+#: The baselines of the paper that are no lens (they read no grid cell).
+BASELINES = ["bigram", "linear_model", "linear_vocab"]
+#: Every method scored: the registered lenses under their report names (`LensSpec.report_key`), then the baselines.
+METHODS = [spec.report_key for spec in lens_specs() if spec.report_key] + BASELINES
 #: methods that decode phrases (free-running differs from forced)
-PATCHED = ("learned_prompt", "fixed_prompt", "identity_patchscope")
+PATCHED = tuple(spec.report_key for spec in lens_specs() if spec.report_key and spec.decodes)
 #: the linear lenses and the kind of maps each reads with (N = 0 only, like the logit lens)
-LINEAR_METHODS = {"tuned_lens": "tuned", "jacobian_lens": "jacobian"}
+LINEAR_METHODS = {
+    spec.report_key: spec.lens_class.kind
+    for spec in lens_specs()
+    if spec.report_key and issubclass(spec.lens_class, LinearMapLens)
+}
 OFFSETS = [0, 1, 2, 3]
 
 

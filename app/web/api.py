@@ -17,11 +17,12 @@ from app.export.png import MAX_SCALE, MIN_SCALE
 from app.export.svg import MAX_CHARS, MAX_COLUMNS, MIN_CHARS
 from app.lens.grid import Grid
 from app.lens.track import Track
-from app.service import GridRequest, InvalidRequestError, Method, parse_request
+from app.service import GridRequest, InvalidRequestError, method_schema, parse_request
 from app.store import is_grid_id
 from app.web.cells import compute_track, replan
 from app.web.errors import ErrorBody, error_response
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of
+from app.web.ratelimit import spends_model_time
 from app.web.streaming import NDJSON, ndjson_lines, start_stream, wants_ndjson
 
 router = APIRouter()
@@ -82,7 +83,8 @@ class TrackedGridDocument(GridDocument):
 
 async def tracked_grid_response(keeper: GridKeeper, kept: KeptGrid, token_ids: list[int]) -> Response:
     """The stored document plus the `track` object of `token_ids`, computed on the worker."""
-    track = await compute_track(keeper, replan(keeper, kept, token_ids), kept.id, token_ids)
+    planned = await asyncio.to_thread(replan, keeper, kept, token_ids)  # artifacts may be read: not on the loop
+    track = await compute_track(keeper, planned, kept.id, token_ids)
     document = {**json.loads(kept.document_json), "track": track.model_dump(mode="json")}
     content = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
     headers = {"X-Future-Lens-Cache": "hit" if kept.cached else "miss"}
@@ -104,6 +106,7 @@ def grid_response(kept: KeptGrid) -> Response:
     response_model=None,
     responses={200: {**STREAMED_200, "model": TrackedGridDocument}, **ERROR_RESPONSES},
 )
+@spends_model_time
 async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_examples=LENS_EXAMPLES)]) -> Response:
     """The grid of `text`: one row per layer, one column per token, N predicted tokens per cell.
 
@@ -133,10 +136,11 @@ async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_
     response_model=None,
     responses={200: {"model": GridDocument, "description": "the grid document"}, **ERROR_RESPONSES},
 )
+@spends_model_time
 async def get_lens(
     request: Request,
     text: Annotated[str, Query(description="the input text", examples=["Marty McFly from"])],
-    method: Annotated[Method, Query(description="future, logit or fixed")] = "future",
+    method: Annotated[str, Query(json_schema_extra=method_schema)] = "future",
     n_future: Annotated[int, Query(description="tokens decoded per cell")] = 4,
     layers: Annotated[str | None, Query(description="all, 0-29, 0,5,10, ::3 ...", examples=["::3"])] = None,
     top_k: Annotated[int, Query(description="alternatives listed for each cell's first token")] = 5,

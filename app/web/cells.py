@@ -18,6 +18,7 @@ from app.service import InvalidRequestError, PlannedGrid, parse_request
 from app.store import is_grid_id
 from app.web.errors import ErrorBody, error_response
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of
+from app.web.ratelimit import spends_model_time
 
 router = APIRouter()
 
@@ -55,7 +56,7 @@ async def stored_track(request: Request, grid_id: str, token_ids: list[int]) -> 
     if kept is None:
         return error_response(404, "id", f"no stored grid has the id {grid_id!r}")
     try:
-        planned = replan(keeper, kept, token_ids)
+        planned = await asyncio.to_thread(replan, keeper, kept, token_ids)  # artifacts may be read: not on the loop
     except StaleGridError as error:
         return error_response(409, "id", str(error))
     except InvalidRequestError as error:
@@ -70,6 +71,7 @@ async def stored_track(request: Request, grid_id: str, token_ids: list[int]) -> 
     response_model=Track,
     responses={**NOT_FOUND, **BAD, **STALE},
 )
+@spends_model_time
 async def track_json(request: Request, grid_id: str, token: TokensQuery) -> Response:
     """For each token id: its probability as the first predicted token, and its rank, at every layer and position
     of the grid (the `track` object of `POST /lens`, see docs/grid-format.md)."""
@@ -85,6 +87,7 @@ async def track_json(request: Request, grid_id: str, token: TokensQuery) -> Resp
     response_class=Response,
     responses={200: {"content": {"image/svg+xml": {}}}, **NOT_FOUND, **BAD, **STALE},
 )
+@spends_model_time
 async def track_svg(
     request: Request,
     grid_id: str,

@@ -16,12 +16,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from app.lens.diff import DEFAULT_THRESHOLD, CellDiff, ColumnPair, GridDiff, check_threshold, diff_grids, select_rows
 from app.lens.grid import Grid
-from app.lens.layers import LayerSpecError, parse_layers
-from app.service import METHOD_LABELS, InvalidRequestError
+from app.lens.layers import LayerSpecError, parse_layers, quoted
+from app.lens.registry import lens_label
+from app.service import InvalidRequestError
 from app.store import is_grid_id
 from app.web.errors import ErrorBody, error_response
 from app.web.keeper import KeptGrid, keeper_of, permalink_path
 from app.web.pages import SubmittedForm, form_request, render
+from app.web.ratelimit import spends_model_time
 from app.web.render import GridView, grid_view
 
 router = APIRouter()
@@ -50,11 +52,17 @@ def compare_path(id_a: str, id_b: str) -> str:
     return f"/compare/{id_a}/{id_b}"
 
 
+#: The longest `t` read as a number (`0.05`, `1e-3`, …); longer ones are refused unread.
+MAX_THRESHOLD_CHARS = 40
+
+
 def parse_state(view: str, threshold: str | None, layers: str | None) -> CompareState:
     """The query's state; `InvalidRequestError` naming `view`, `t` or `layers` when one is malformed."""
     if view not in ("side", "diff"):
         raise InvalidRequestError("view", "view must be 'side' or 'diff'")
     value = DEFAULT_THRESHOLD
+    if threshold is not None and len(threshold) > MAX_THRESHOLD_CHARS:  # before float() reads it
+        raise InvalidRequestError("t", f"t (threshold) has {len(threshold)} characters: give a number between 0 and 1")
     if threshold not in (None, ""):
         try:
             value = check_threshold(float(threshold))
@@ -149,7 +157,7 @@ def diff_rows(compared: Compared) -> list[DiffRowView]:
 
 def describe(grid: Grid) -> str:
     """A grid in a few words: method, N, rows × tokens (and the fixed prompt's presence)."""
-    method = METHOD_LABELS.get(grid.method, grid.method)
+    method = lens_label(grid.method)
     return f"{method} · N = {grid.n_future} · {len(grid.layers)} layers × {len(grid.tokens)} tokens"
 
 
@@ -249,6 +257,7 @@ def compare_view(
 
 
 @router.post("/compare", include_in_schema=False)
+@spends_model_time
 def submit_compare(
     request: Request,
     form: SubmittedForm,
@@ -258,7 +267,7 @@ def submit_compare(
     keeper = keeper_of(request)
     kept_a = keeper.lookup(a) if is_grid_id(a) else None
     if kept_a is None:
-        return problem_page(request, 404, "a", f"no stored grid has the id {a!r} to compare with")
+        return problem_page(request, 404, "a", f"no stored grid has the id {quoted(a)} to compare with")
     try:
         kept_b = keeper.get_or_compute(form_request(keeper, form))
     except InvalidRequestError as error:

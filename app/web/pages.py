@@ -17,13 +17,14 @@ from app.config import get_limits
 from app.lens.grid import Grid
 from app.lens.layers import strided_layers
 from app.lens.lenses import PAPER_FIXED_PROMPT
-from app.service import METHOD_LABELS, GridRequest, InvalidRequestError, parse_request
+from app.service import GridRequest, InvalidRequestError, method_labels, parse_request
 from app.store import is_grid_id
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of, permalink_path
+from app.web.ratelimit import spends_model_time
 from app.web.render import GridView, grid_view, infer_stride, row_view
 from app.web.reports import PLOTS, load_eval_report, plot_path, served_calibration
-from app.web.streaming import StreamEvent, StreamHead, StreamRow, follow, start_stream
-from app.worker import DeadlineExceededError, QueueFullError, WorkerStoppedError
+from app.web.streaming import StreamEvent, StreamHead, StreamRow, follow, start_stream, stream_failure
+from app.worker import QueueFullError
 
 router = APIRouter(include_in_schema=False)
 
@@ -54,12 +55,10 @@ class FutureAvailability:
 
 
 def future_availability(keeper: GridKeeper) -> FutureAvailability:
-    """Whether the future lens can run (trained prompts loaded) and, if not, why."""
-    try:
-        keeper.service.lens_for(GridRequest(text="x", method="future"))
-    except InvalidRequestError as error:
-        return FutureAvailability(False, error.message)
-    return FutureAvailability(True)
+    """Whether the future lens can run (trained prompts that fit the model) and, if not, why (checked once, when
+    the service was made: no artifact is read here)."""
+    problem = keeper.service.problem("future")
+    return FutureAvailability(problem is None, problem or "")
 
 
 def render_html(request: Request, template: str, **context: object) -> str:
@@ -72,7 +71,7 @@ def render_html(request: Request, template: str, **context: object) -> str:
         limits=get_limits(),
         n_layers=keeper.service.model.adapter.n_layers,
         methods=keeper.service.available_methods(),
-        method_labels=METHOD_LABELS,
+        method_labels=method_labels(),
         **context,
     )
 
@@ -106,6 +105,8 @@ def page_context(
 def form_request(keeper: GridKeeper, form: FormState) -> GridRequest:
     """The grid request a form submission means; errors name the form's fields (`stride`, not `layers`)."""
     n_layers = keeper.service.model.adapter.n_layers
+    if len(form.stride) > len(str(n_layers)) + 8:  # checked before int() reads it (no stride has more digits)
+        raise InvalidRequestError("stride", f"layer stride must be a whole number between 1 and {n_layers}")
     try:
         stride = int(form.stride)
     except ValueError:
@@ -138,6 +139,7 @@ SubmittedForm = Annotated[FormState, Depends(submitted_form)]
 
 
 @router.post("/grid", response_class=HTMLResponse)
+@spends_model_time
 def submit_grid(request: Request, form: SubmittedForm) -> Response:
     """The form's target. htmx gets the grid fragment (and the permalink pushed to the address bar);
     a plain form post is redirected to the permalink page. Invalid input: 422 with the message inline."""
@@ -152,9 +154,9 @@ def submit_grid(request: Request, form: SubmittedForm) -> Response:
             return render(request, "_error.html", status=422, error=problem)
         return render(request, "index.html", status=422, error=problem, **page_context(request, keeper, form))
     if not is_htmx:
-        return RedirectResponse(permalink_path(kept.id), status_code=303)
+        return RedirectResponse(pushed_permalink(kept, form), status_code=303)
     response = render(request, "_result.html", **page_context(request, keeper, form, kept))
-    response.headers["HX-Push-Url"] = permalink_path(kept.id)
+    response.headers["HX-Push-Url"] = pushed_permalink(kept, form)
     return response
 
 
@@ -179,7 +181,7 @@ def stream_event(request: Request, event: StreamEvent, form: FormState, head: Gr
         return ServerSentEvent(json.dumps(payload), event="row")
     kept = event.kept
     html = render_html(request, "_result.html", **page_context(request, keeper_of(request), form, kept))
-    return ServerSentEvent(json.dumps({"html": html, "permalink": permalink_path(kept.id)}), event="done")
+    return ServerSentEvent(json.dumps({"html": html, "permalink": pushed_permalink(kept, form)}), event="done")
 
 
 def failed_event(request: Request, field: str | None, message: str) -> ServerSentEvent:
@@ -193,6 +195,7 @@ def kept_view_of(request: Request, grid: Grid) -> GridView:
 
 
 @router.get("/grid/stream")
+@spends_model_time
 async def stream_grid(
     request: Request,
     text: str = "",
@@ -221,34 +224,54 @@ async def stream_grid(
                 if isinstance(event, StreamHead):
                     head = kept_view_of(request, event.grid)
                 yield stream_event(request, event, form, head)
-        except (DeadlineExceededError, WorkerStoppedError) as error:
-            yield failed_event(request, None, f"The grid could not be computed: {error}")
+        except Exception as error:  # any failure after the stream started ends it with a `failed` event
+            message = stream_failure(error)[1]
+            yield failed_event(request, None, message[:1].upper() + message[1:])
 
     return EventSourceResponse(events(), headers=headers, ping=15)
 
 
-def form_from_stored(kept: KeptGrid, n_layers: int) -> FormState:
-    """The form as its author submitted it, as far as the stored canonical request tells."""
+def submitted_n(value: str | None) -> int | None:
+    """A form's or a permalink's N as a number, or None when it is not one the form accepts."""
+    try:
+        n_future = int(value or "")
+    except ValueError:
+        return None
+    return n_future if 1 <= n_future <= get_limits().max_n_future else None
+
+
+def pushed_permalink(kept: KeptGrid, form: FormState) -> str:
+    """The permalink the address bar gets after a submit: `/g/{id}`, plus `?n=` the submitted N when the stored
+    request's N differs (next-token lenses store N = 1), so that reopening it refills the form as submitted."""
+    path = permalink_path(kept.id)
+    n_future = submitted_n(form.n_future)
+    return path if n_future is None or n_future == kept.request.get("n_future") else f"{path}?n={n_future}"
+
+
+def form_from_stored(kept: KeptGrid, n_layers: int, n: str | None = None) -> FormState:
+    """The form as its author submitted it, as far as the stored canonical request tells; `n` (the permalink's
+    `?n=`, when valid) is the submitted N, which the request of a next-token lens does not keep."""
     request = kept.request
     layers = [int(layer) for layer in request.get("layers", [])]
     stride = infer_stride(layers, n_layers)
+    n_future = submitted_n(n) or request.get("n_future", 4)
     return FormState(
         text=str(request.get("text", EXAMPLE_TEXT)),
         method=str(request.get("method", "future")),
-        n_future=str(request.get("n_future", 4)),
+        n_future=str(n_future),
         stride=str(stride or DEFAULT_STRIDE),
         prompt=str(request.get("prompt") or PAPER_FIXED_PROMPT),
     )
 
 
 @router.get("/g/{grid_id}", response_class=HTMLResponse)
-def stored_grid_page(request: Request, grid_id: str) -> HTMLResponse:
-    """A stored grid as a full page, exactly as computed then (no recomputation)."""
+def stored_grid_page(request: Request, grid_id: str, n: str | None = None) -> HTMLResponse:
+    """A stored grid as a full page, exactly as computed then (no recomputation); `?n=` refills the form's N."""
     keeper = keeper_of(request)
     kept = keeper.lookup(grid_id) if is_grid_id(grid_id) else None
     if kept is None:
         return render(request, "not_found.html", status=404, grid_id=grid_id)
-    form = form_from_stored(kept, keeper.service.model.adapter.n_layers)
+    form = form_from_stored(kept, keeper.service.model.adapter.n_layers, n)
     return render(request, "index.html", **page_context(request, keeper, form, kept))
 
 

@@ -13,13 +13,31 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.web.errors import error_response
 
-#: (method, path) of the requests that may start a computation; lookups and pages are never limited.
-LIMITED_ROUTES = {("POST", "/lens"), ("GET", "/lens"), ("POST", "/grid")}
+Endpoint = TypeVar("Endpoint", bound=Callable[..., object])
+
+
+def spends_model_time(endpoint: Endpoint) -> Endpoint:
+    """Mark a route's endpoint as one that may run the model (so the rate limit applies to it); put it under the
+    route decorator. Lookups of stored grids and pages are never limited."""
+    endpoint.spends_model_time = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+def is_limited(scope: Scope) -> bool:
+    """Whether the request goes to a route marked `spends_model_time`."""
+    for route in scope["app"].router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return bool(getattr(getattr(route, "endpoint", None), "spends_model_time", False))
+    return False
+
 MAX_CLIENTS = 100_000  # buckets kept at most (full buckets are forgotten first)
 
 
@@ -64,14 +82,14 @@ class TokenBuckets:
 
 
 class RateLimit:
-    """ASGI middleware applying `TokenBuckets` to `LIMITED_ROUTES` by the connection's client address."""
+    """ASGI middleware applying `TokenBuckets` to the routes marked `spends_model_time`, by the client's address."""
 
     def __init__(self, app: ASGIApp, buckets: TokenBuckets):
         self.app = app
         self.buckets = buckets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["method"], scope["path"]) in LIMITED_ROUTES:
+        if scope["type"] == "http" and is_limited(scope):
             client = (scope.get("client") or ("unknown", 0))[0]
             wait = self.buckets.take(client)
             if wait > 0:

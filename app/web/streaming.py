@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import weakref
@@ -25,6 +26,8 @@ from app.service import GridRequest, PlannedGrid
 from app.store import grid_id, new_stored_grid
 from app.web.keeper import GridKeeper, KeptGrid, grid_document_json
 from app.worker import DeadlineExceededError, Ticket, WorkerStoppedError
+
+log = logging.getLogger("future_lens.web")
 
 
 class StreamCancelledError(RuntimeError):
@@ -205,20 +208,34 @@ def ndjson_line(event: StreamEvent) -> str:
     return event.kept.document_json + "\n"
 
 
+#: Longest cause quoted from an unexpected error in a stream's last line or event.
+MAX_CAUSE_CHARS = 300
+
+
+def stream_failure(error: BaseException) -> tuple[int, str]:
+    """(HTTP-like status, message for people) of an error that ended a stream after it started: the deadline, the
+    worker stopping, every client leaving, or any other error (named, and logged with its traceback)."""
+    if isinstance(error, DeadlineExceededError):
+        return 504, f"the grid took too long to compute ({error})"
+    if isinstance(error, WorkerStoppedError | StreamCancelledError | CancelledError):
+        return 503, "the grid could not be computed; retry"
+    log.error("a streamed grid failed", exc_info=error)
+    cause = f"{type(error).__name__}: {error}"
+    if len(cause) > MAX_CAUSE_CHARS:
+        cause = cause[:MAX_CAUSE_CHARS] + "…"
+    return 500, f"the grid could not be computed ({cause}); nothing was stored"
+
+
 def error_line(error: BaseException) -> str:
     """The last line when a stream fails after it started (its HTTP status was already sent as 200)."""
-    status, message = (
-        (504, f"the grid took too long to compute ({error})")
-        if isinstance(error, DeadlineExceededError)
-        else (503, "the grid could not be computed; retry")
-    )
+    status, message = stream_failure(error)
     return _json_line({"kind": "error", "status": status, "detail": message, "field": None, "message": message})
 
 
 async def ndjson_lines(started: KeptGrid | StreamTicket, timeout_s: float) -> AsyncIterator[str]:
-    """The NDJSON body of a streamed `POST /lens`."""
+    """The NDJSON body of a streamed `POST /lens`: it never ends without the final document or an error line."""
     try:
         async for event in follow(started, timeout_s):
             yield ndjson_line(event)
-    except (DeadlineExceededError, WorkerStoppedError, StreamCancelledError, CancelledError) as error:
+    except Exception as error:  # CancelledError included: a stream never ends silently
         yield error_line(error)
