@@ -317,6 +317,61 @@ def test_csv_of_a_grid1_document_has_no_piece_columns():
     assert grid_from_csv(text, document) == grid
 
 
+#: Token text a spreadsheet would run as a formula (OWASP's CSV injection list), and text that really starts with `'`.
+FORMULA_TEXTS = ["=cmd|' /C calc'!A0", "+1", "-2", "@x", "'quoted", "\tx", "\rx", "''", "'", "=", " =ok", "a=b"]
+
+
+def grid_with_texts(texts: list[str]) -> Grid:
+    """`sample_grid`, every token's text and piece taken in turn from `texts`."""
+    document = sample_grid(seed=5).model_dump(mode="json", by_alias=True)
+    turn = iter(range(10**6))
+
+    def retext(token: dict[str, object]) -> None:
+        i = next(turn)
+        token["text"] = texts[i % len(texts)]
+        token["piece"] = texts[(i + 1) % len(texts)]
+
+    for token in [*document["tokens"], *document["next_tokens"]]:
+        retext(token)
+    for row in document["cells"]:
+        for cell in row:
+            for token in [*cell["tokens"], *cell["topk"]]:
+                retext(token)
+    return Grid.model_validate(document)
+
+
+def test_csv_neutralises_formulas_and_still_round_trips():
+    grid = grid_with_texts(FORMULA_TEXTS)
+    text = grid_csv(grid)
+    fields = [field for record in csv.reader(io.StringIO(text, newline="")) for field in record]
+    assert not [field for field in fields if field[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert "'=cmd|' /C calc'!A0" in fields and "''quoted" in fields and "'+1" in fields
+    assert " =ok" in fields and "a=b" in fields  # only a leading character is a formula
+    assert grid_from_csv(text, csv_metadata(grid)) == grid
+    carried = read_grid_csv(text)
+    document = grid.model_dump(mode="json", by_alias=True)
+    for key in ("tokens", "next_tokens", "cells"):
+        assert carried[key] == document[key], key
+
+
+def test_grid_from_csv_takes_the_json_text_bytes_mapping_or_grid():
+    grid = sample_grid(seed=6)
+    text = grid_csv(grid)
+    document_json = grid.model_dump_json(by_alias=True)
+    for metadata in (document_json, document_json.encode(), json.loads(document_json), csv_metadata(grid), grid):
+        assert grid_from_csv(text, metadata) == grid, type(metadata)
+
+
+def test_the_readmes_csv_example_runs_as_written():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    snippet = next(block for block in blocks if "grid_from_csv(" in block)
+    grid = grid_with_texts(FORMULA_TEXTS)
+    namespace: dict[str, object] = {"csv_text": grid_csv(grid), "grid_json": grid.model_dump_json(by_alias=True)}
+    exec(snippet, namespace)  # the README's own code, as a user runs it
+    assert namespace["grid"] == grid
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

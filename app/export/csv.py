@@ -6,12 +6,17 @@ layer, input token, the model's actual next token and the cell statistics (`mean
 Token text is raw (no visible-whitespace marks) and probabilities are written with every digit, so
 `grid_from_csv` rebuilds the cells exactly; the grid-level fields a CSV row has no place for (model details,
 context prefix, prompt, timings) come from the grid's JSON (`csv_metadata`).
+
+Text a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return: OWASP's
+CSV injection list) is written with a `'` in front, as spreadsheets expect; so is text that already starts with `'`,
+so reading removes exactly one leading `'` from every text field that has one (`escape_text`, `unescape_text`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator, Mapping
 
 from app.export.selection import Selection
@@ -48,10 +53,34 @@ PIECE_COLUMNS = ("token_piece", "actual_next_piece", "predicted_piece")
 STAT_COLUMNS = ("next_rank", "entropy", "kl")
 #: Grid fields a CSV does not carry: `grid_from_csv` takes them from the grid's JSON.
 METADATA_FIELDS = ("schema", "model", "context_prefix", "prompt", "timings_ms", "continuations")
+#: Columns of free text (token text and pieces, the model id): escaped against formula injection.
+TEXT_COLUMNS = (
+    "model",
+    "token_text",
+    "token_piece",
+    "actual_next_text",
+    "actual_next_piece",
+    "predicted_text",
+    "predicted_piece",
+)
+#: First characters that make a spreadsheet read a field as a formula (OWASP), and the escape character itself.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+ESCAPE = "'"
 
 
 class GridCsvError(ValueError):
     """A CSV that is not a Future Lens grid export."""
+
+
+def escape_text(text: str) -> str:
+    """`text` as a CSV text field: `'` in front when it starts like a formula or with `'` (so no field is a formula,
+    and `unescape_text` can tell an added `'` from a real one)."""
+    return ESCAPE + text if text.startswith((*FORMULA_STARTS, ESCAPE)) else text
+
+
+def unescape_text(field: str) -> str:
+    """The text `escape_text` wrote as `field`."""
+    return field.removeprefix(ESCAPE)
 
 
 def has_pieces(grid: Grid) -> bool:
@@ -110,20 +139,28 @@ def _rows(grid: Grid, selection: Selection) -> Iterator[dict[str, object]]:
                     }
 
 
+def _escaped(row: dict[str, object]) -> dict[str, object]:
+    return {
+        name: escape_text(value) if name in TEXT_COLUMNS and isinstance(value, str) else value
+        for name, value in row.items()
+    }
+
+
 def grid_csv(grid: Grid, selection: Selection | None = None) -> str:
-    """The grid (or the selected rows and columns) as CSV text (RFC 4180 quoting, `\\r\\n` line ends)."""
+    """The grid (or the selected rows and columns) as CSV text (RFC 4180 quoting, `\\r\\n` line ends); text that
+    starts like a formula gets a `'` in front (`escape_text`)."""
     out = io.StringIO(newline="")
     writer = csv.DictWriter(out, fieldnames=columns(grid), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(_rows(grid, selection or Selection.whole(grid)))
+    writer.writerows(_escaped(row) for row in _rows(grid, selection or Selection.whole(grid)))
     return out.getvalue()
 
 
 def _token(row: Mapping[str, str], prefix: str, prob: str | None = None) -> dict[str, object]:
     """A token object from a row's `{prefix}_id`, `_text`, `_piece` (and a probability column)."""
-    token: dict[str, object] = {"id": int(row[f"{prefix}_id"]), "text": row[f"{prefix}_text"]}
+    token: dict[str, object] = {"id": int(row[f"{prefix}_id"]), "text": unescape_text(row[f"{prefix}_text"])}
     if f"{prefix}_piece" in row:
-        token["piece"] = row[f"{prefix}_piece"]
+        token["piece"] = unescape_text(row[f"{prefix}_piece"])
     if prob is not None:
         token["prob"] = float(row[prob])
     return token
@@ -192,7 +229,7 @@ def read_grid_csv(text: str) -> dict[str, object]:
         for layer in layer_list
     ]
     return {
-        "model": {"id": first["model"]},
+        "model": {"id": unescape_text(first["model"])},
         "method": first["method"],
         "n_future": max(len(cell["tokens"]) for row in rows for cell in row),
         "top_k": max(len(cell["topk"]) for row in rows for cell in row),
@@ -211,9 +248,19 @@ def csv_metadata(grid: Grid) -> dict[str, object]:
     return {name: document[name] for name in METADATA_FIELDS}
 
 
-def grid_from_csv(text: str, metadata: Mapping[str, object]) -> Grid:
-    """The grid a CSV was written from: its cells from the CSV, the rest from `metadata` (the grid's JSON, or
-    `csv_metadata(grid)`). Raises `GridCsvError` or pydantic's `ValidationError`."""
+def grid_from_csv(text: str, metadata: str | bytes | Mapping[str, object] | Grid) -> Grid:
+    """The grid a CSV was written from: its cells from the CSV, the rest from `metadata`: the grid's JSON (the
+    text or bytes of `/g/{id}.json` or a saved file, or that parsed), the `Grid`, or `csv_metadata(grid)`. Raises
+    `GridCsvError` (also for metadata that is not a JSON object) or pydantic's `ValidationError`."""
+    if isinstance(metadata, Grid):
+        metadata = csv_metadata(metadata)
+    elif isinstance(metadata, str | bytes | bytearray):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError as error:  # also a UnicodeDecodeError
+            raise GridCsvError(f"the grid's JSON does not parse: {error}") from None
+    if not isinstance(metadata, Mapping):
+        raise GridCsvError(f"the grid's JSON must be an object, not {type(metadata).__name__}")
     carried = read_grid_csv(text)
     carried.pop("positions")
     carried.pop("model")
