@@ -69,7 +69,8 @@ STREAMED_200: dict[str, object] = {
 
 
 class GridDocument(Grid):
-    """A grid as the web API returns it: the `future-lens.grid/2` document plus its permalink."""
+    """A grid as the web API returns it: the grid document (its `schema` names the format's version) plus its
+    permalink."""
 
     id: str = Field(description="the permalink id")
     permalink: str = Field(description="path of the grid's page, `/g/{id}`; its JSON is at `/g/{id}.json`")

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.config import Settings, get_limits
+from app.lens.grid import SCHEMA
 from app.retention import RetentionJanitor, retention_policy
 from app.service import LensService
 from app.store import GridStore, PostgresGridStore, SQLiteGridStore
@@ -23,11 +24,11 @@ from app.web.render import asset_version, template_environment
 from app.worker import InferenceWorker
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-DESCRIPTION = """
+DESCRIPTION = f"""
 What each hidden state of a language model anticipates: for every (layer, token) of a text, the next N tokens
 decoded from that single hidden state (Future Lens, Pal et al., CoNLL 2023), or the logit lens / a fixed prompt.
 
-`POST /lens` computes a grid (schema `future-lens.grid/2`, see docs/grid-format.md) and stores it under a
+`POST /lens` computes a grid (schema `{SCHEMA}`, see docs/grid-format.md) and stores it under a
 permalink; identical requests are served from the store. Invalid requests get HTTP 422 with a JSON body whose
 `field` names the problem.
 """

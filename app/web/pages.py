@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.config import get_limits
-from app.lens.grid import Grid
+from app.lens.grid import SCHEMA, Grid
 from app.lens.layers import strided_layers
 from app.lens.lenses import PAPER_FIXED_PROMPT
 from app.service import GridRequest, InvalidRequestError, method_labels, parse_request
@@ -72,6 +72,7 @@ def render_html(request: Request, template: str, **context: object) -> str:
         n_layers=keeper.service.model.adapter.n_layers,
         methods=keeper.service.available_methods(),
         method_labels=method_labels(),
+        schema=SCHEMA,
         **context,
     )
 
