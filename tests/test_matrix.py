@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
@@ -34,9 +37,11 @@ from app.lens.layers import strided_layers
 from app.lens.lenses import Lens
 from app.lens.linear import LinearMaps, save_linear_maps
 from app.lens.models import LoadedModel, load_model
+from app.lens.prompts import PromptArtifactError
 from app.lens.registry import LensSpec, lens_spec, lens_specs, registered
-from app.service import LensService, parse_request
+from app.service import InvalidRequestError, LensService, parse_request
 from app.web.app import create_app
+from app.web.ratelimit import model_time_routes
 from tests.server_helpers import serving
 from tests.test_browser import Watched, browser  # noqa: F401 (fixture)
 from tests.webapp_helpers import random_prompt_dir
@@ -118,6 +123,7 @@ class World:
 
     base: str
     http: httpx.Client
+    app: FastAPI
     service: LensService
     model_dir: Path
     artifacts: Path
@@ -174,7 +180,7 @@ def world(tmp_path_factory, embedded_dir) -> Iterator[World]:
         return plain_grids[case]
 
     with serving(app) as base, httpx.Client(base_url=base, timeout=120) as client:
-        yield World(base, client, service, model_dir, artifacts, layers, plain)
+        yield World(base, client, app, service, model_dir, artifacts, layers, plain)
 
 
 # ---------- comparing cells ----------
@@ -473,3 +479,229 @@ def test_an_unregistered_method_is_refused_at_every_door(world: World) -> None:
         assert len(answer.content) < 4000
     result = CliRunner().invoke(cli, ["grid", TEXT, "--method", "no-such-lens"])
     assert result.exit_code != 0 and "no-such-lens" in result.output
+
+
+# ---------- streams never end silently ----------
+
+
+class HalfwayFailingLens(Lens):
+    """A lens whose streamed rows fail after the first wave (its plain grid works): a bug found halfway."""
+
+    method = "toy-failing"
+    max_future = 1
+    measures_first_token = True
+
+    def predict(self, states, layers, n_future, top_k, reference=None) -> CellPredictions:
+        return RawUnembedLens.predict(self, states, layers, n_future, top_k)  # type: ignore[arg-type]
+
+    def predict_waves(self, states, layers, entering, n_future, top_k, reference=None):
+        first = True
+        for index, members in enumerate(entering):
+            if len(members) and not first:
+                raise RuntimeError("toy failure halfway through the grid")
+            if len(members):
+                first = False
+                yield [(index, self.predict(states[members], layers[members], n_future, top_k))]
+
+
+FAILING = LensSpec(
+    HalfwayFailingLens,
+    label="Toy: fails halfway",
+    description="a test lens whose stream fails after its first row",
+    build=lambda ctx: HalfwayFailingLens(ctx.model),
+)
+
+
+@pytest.fixture
+def failing_lens() -> Iterator[LensSpec]:
+    with registered(FAILING) as spec:
+        yield spec
+
+
+@pytest.mark.embedded
+def test_a_stream_that_fails_halfway_ends_with_its_cause(world: World, failing_lens: LensSpec) -> None:
+    text = "A stream that fails"
+    body = {"text": text, "method": failing_lens.name, "layers": [0, 1, 2]}
+    with world.http.stream("POST", "/lens", json=body, headers={"Accept": "application/x-ndjson"}) as answer:
+        lines = [json.loads(line) for line in answer.iter_lines() if line]
+    assert [line["kind"] for line in lines[:2]] == ["head", "row"]  # the first row came, then the failure
+    assert lines[-1]["kind"] == "error" and "toy failure halfway" in lines[-1]["message"]
+    assert len(json.dumps(lines[-1])) < 4000
+    form = {"text": text, "method": failing_lens.name, "n_future": 1, "stride": 1}
+    with world.http.stream("GET", "/grid/stream", params=form) as answer:
+        events = [line for line in answer.iter_lines() if line.startswith("event:")]
+        assert events[-1] == "event: failed"
+    # nothing was stored, and the worker takes the next job: the same grid, computed plainly now, is new
+    plain = world.http.post("/lens", json=body)
+    assert plain.status_code == 200 and plain.headers["X-Future-Lens-Cache"] == "miss"
+
+
+@pytest.mark.browser
+@pytest.mark.embedded
+def test_the_page_shows_a_stream_failure(world: World, browser, failing_lens: LensSpec) -> None:  # noqa: F811
+    watched = Watched(browser)
+    page = watched.page
+    try:
+        page.goto(world.base + "/")
+        page.select_option("#method", failing_lens.name)
+        page.fill("#stride", "1")
+        page.fill("#text", "The page sees the failure")
+        page.click("#submit")
+        page.wait_for_selector("#result .form-error", timeout=60_000)
+        shown = page.inner_text("#result")
+        assert "toy failure halfway" in shown and "connection to the server was lost" not in shown
+    finally:
+        watched.close()
+
+
+# ---------- every route that spends model time is rate-limited ----------
+
+
+def computing_doors(grid_id: str) -> dict[str, tuple[str, str, dict]]:
+    """(HTTP method, path, request options) of every door that may run the model."""
+    form = {"text": TEXT, "method": "logit", "n_future": 1, "stride": STRIDE}
+    return {
+        "POST /lens": ("POST", "/lens", {"json": {"text": TEXT, "method": "logit"}}),
+        "GET /lens": ("GET", "/lens", {"params": {"text": TEXT, "method": "logit"}}),
+        "POST /grid": ("POST", "/grid", {"data": form}),
+        "GET /grid/stream": ("GET", "/grid/stream", {"params": form}),
+        "POST /compare": ("POST", "/compare", {"data": form | {"a": grid_id}}),
+        "GET /g/{grid_id}/track.json": ("GET", f"/g/{grid_id}/track.json", {"params": {"token": 5}}),
+        "GET /g/{grid_id}/track.svg": ("GET", f"/g/{grid_id}/track.svg", {"params": {"token": 5}}),
+    }
+
+
+@pytest.mark.embedded
+def test_every_route_that_spends_model_time_is_rate_limited(world: World, tmp_path) -> None:
+    grid_id = stored(world, Case("logit"))["id"]
+    doors = computing_doors(grid_id)
+    marked = model_time_routes(world.app.routes)
+    assert marked == set(doors), "a route that runs the model must depend on SPENDS_MODEL_TIME, and be tested here"
+    settings = Settings(db_path=world.app.state.settings.db_path, rate_limit_per_minute=0.01, rate_limit_burst=1)
+    for name, (method, path, options) in doors.items():
+        with TestClient(create_app(settings, service=world.service), follow_redirects=False) as client:
+            first = client.request(method, path, **options)
+            assert first.status_code != 429, name
+            second = client.request(method, path, **options)
+            assert second.status_code == 429, name
+            assert second.json()["field"] == "client" and int(second.headers["Retry-After"]) >= 1
+            assert client.get(f"/g/{grid_id}.json").status_code == 200, "lookups are never limited"
+
+
+# ---------- the one-worker rule ----------
+
+
+@pytest.mark.embedded
+def test_only_the_inference_worker_touches_the_model(world: World) -> None:
+    seen: set[str] = set()
+    hooks = [
+        module.register_forward_pre_hook(lambda *_: seen.add(threading.current_thread().name))
+        for module in world.service.model.hf.modules()
+    ]
+    text = "Only the worker runs the model"
+    try:
+        for case in (Case("fixed", "A prompt never embedded before"), Case("identity"), Case("tuned")):
+            fields = case.fields() | {"text": text, "layers": world.layers}
+            document = world.http.post("/lens", json=fields).json()
+            world.http.post("/lens", json=fields | {"text": text + " again", "track": [5]})
+            world.http.get(f"/g/{document['id']}/track.json", params={"token": 7})
+            form = {"text": text + " streamed", "method": case.method, "n_future": 2, "stride": STRIDE}
+            sse = world.http.get("/grid/stream", params=form | ({"prompt": case.prompt} if case.prompt else {}))
+            assert "event: done" in sse.text
+        world.http.get("/")
+        world.http.get("/about")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {"inference-worker"}, f"the model ran on {sorted(seen)}"
+
+
+# ---------- artifacts: checked from headers once, failures remembered ----------
+
+
+def test_a_stale_artifact_is_refused_from_its_header_and_never_read(world: World, tmp_path, monkeypatch) -> None:
+    import app.lens.linear as linear
+
+    other = LoadedModel(**{**vars(world.service.model), "fingerprint": "someone-else"})
+    save_linear_maps(tmp_path, other, LinearMaps("tuned", torch.eye(64).expand(3, 64, 64), torch.zeros(3, 64)))
+    reads: list[str] = []
+    opened = linear.safe_open
+
+    class Artifact:
+        """A safetensors file that records which tensors are read from it."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def get_tensor(self, name):
+            reads.append(name)
+            return self.inner.get_tensor(name)
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.inner = opened(*args, **kwargs)
+
+        def __enter__(self):
+            return Artifact(self.inner.__enter__())
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+    monkeypatch.setattr(linear, "safe_open", Counting)
+    service = LensService(world.service.model, tmp_path)
+    assert "fingerprint" in (service.problem("tuned") or "")
+    for _ in range(3):
+        assert "tuned" not in service.available_methods()
+        with pytest.raises(InvalidRequestError):
+            service.lens_for(parse_request(text=TEXT, method="tuned"))
+    assert reads == [], "the tensors of a stale artifact were read"
+
+
+def test_a_failed_load_is_remembered(world: World) -> None:
+    builds: list[int] = []
+
+    class BrokenLens(RawUnembedLens):
+        method = "toy-broken"
+
+    def broken(_: object) -> Lens:
+        builds.append(1)
+        raise PromptArtifactError("the artifact is truncated")
+
+    with registered(LensSpec(BrokenLens, label="broken", description="a lens whose artifact fails", build=broken)):
+        service = LensService(world.service.model, world.artifacts)
+        for _ in range(3):
+            with pytest.raises(InvalidRequestError, match="truncated"):
+                service.lens_for(parse_request(text=TEXT, method=BrokenLens.method))
+    assert builds == [1], "a failed load was tried again"
+
+
+# ---------- the registry's other readers ----------
+
+
+def test_the_docs_table_is_the_registry() -> None:
+    import subprocess
+    import sys
+
+    with_toy_removed = [spec for spec in lens_specs() if spec.name != TOY.name]
+    assert with_toy_removed  # the toy is registered for this module: the docs list the real ones
+    shipped = Path(__file__).resolve().parents[1] / "docs" / "lenses.md"
+    generated = subprocess.run(
+        [sys.executable, "-m", "app.lens.registry"], capture_output=True, text=True, check=True, cwd=shipped.parents[1]
+    ).stdout
+    assert shipped.read_text() == generated, "docs/lenses.md is stale: python -m app.lens.registry > docs/lenses.md"
+    for spec in with_toy_removed:
+        assert f"`{spec.name}`" in generated and spec.label in generated
+
+
+def test_a_lens_fact_the_grid_schema_lacks_is_an_error(world: World) -> None:
+    class Talkative(RawUnembedLens):
+        def describe(self, layers):
+            return {"no_such_field": 1}
+
+    with pytest.raises(TypeError, match="no_such_field"):
+        Talkative(world.service.model).grid(TEXT, layers=[0])
+    tuned = stored(world, Case("tuned"))
+    assert tuned["lens_fit"] is not None, "the tuned lens's facts reach the document"

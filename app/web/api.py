@@ -22,7 +22,7 @@ from app.store import is_grid_id
 from app.web.cells import compute_track, replan
 from app.web.errors import ErrorBody, error_response
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of
-from app.web.ratelimit import spends_model_time
+from app.web.ratelimit import SPENDS_MODEL_TIME
 from app.web.streaming import NDJSON, ndjson_lines, start_stream, wants_ndjson
 
 router = APIRouter()
@@ -103,11 +103,11 @@ def grid_response(kept: KeptGrid) -> Response:
 
 @router.post(
     "/lens",
+    dependencies=[SPENDS_MODEL_TIME],
     summary="Compute (or fetch) a grid",
     response_model=None,
     responses={200: {**STREAMED_200, "model": TrackedGridDocument}, **ERROR_RESPONSES},
 )
-@spends_model_time
 async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_examples=LENS_EXAMPLES)]) -> Response:
     """The grid of `text`: one row per layer, one column per token, N predicted tokens per cell.
 
@@ -133,11 +133,11 @@ async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_
 
 @router.get(
     "/lens",
+    dependencies=[SPENDS_MODEL_TIME],
     summary="Compute (or fetch) a grid from query parameters",
     response_model=None,
     responses={200: {"model": GridDocument, "description": "the grid document"}, **ERROR_RESPONSES},
 )
-@spends_model_time
 async def get_lens(
     request: Request,
     text: Annotated[str, Query(description="the input text", examples=["Marty McFly from"])],

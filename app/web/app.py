@@ -19,7 +19,7 @@ from app.web import api, cells, compare, docs, pages
 from app.web.bodylimit import install_body_limit
 from app.web.errors import install_error_handlers
 from app.web.keeper import GridKeeper
-from app.web.ratelimit import RateLimit, TokenBuckets
+from app.web.ratelimit import TokenBuckets
 from app.web.render import asset_version, template_environment
 from app.worker import InferenceWorker
 
@@ -89,8 +89,11 @@ def create_app(
 
     install_error_handlers(app)
     install_body_limit(app, get_limits().max_body_bytes)
-    if settings.rate_limit_per_minute is not None:
-        app.add_middleware(RateLimit, buckets=TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst))
+    app.state.rate_limit = (  # read by every route that spends model time (app/web/ratelimit.py)
+        None
+        if settings.rate_limit_per_minute is None
+        else TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    )
     app.include_router(api.router)
     app.include_router(cells.router)
     app.include_router(compare.router)

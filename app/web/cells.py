@@ -18,7 +18,7 @@ from app.service import InvalidRequestError, PlannedGrid, parse_request
 from app.store import is_grid_id
 from app.web.errors import ErrorBody, error_response
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of
-from app.web.ratelimit import spends_model_time
+from app.web.ratelimit import SPENDS_MODEL_TIME
 
 router = APIRouter()
 
@@ -67,11 +67,11 @@ async def stored_track(request: Request, grid_id: str, token_ids: list[int]) -> 
 
 @router.get(
     "/g/{grid_id}/track.json",
+    dependencies=[SPENDS_MODEL_TIME],
     summary="Trajectories of tokens through a stored grid",
     response_model=Track,
     responses={**NOT_FOUND, **BAD, **STALE},
 )
-@spends_model_time
 async def track_json(request: Request, grid_id: str, token: TokensQuery) -> Response:
     """For each token id: its probability as the first predicted token, and its rank, at every layer and position
     of the grid (the `track` object of `POST /lens`, see docs/grid-format.md)."""
@@ -83,11 +83,11 @@ async def track_json(request: Request, grid_id: str, token: TokensQuery) -> Resp
 
 @router.get(
     "/g/{grid_id}/track.svg",
+    dependencies=[SPENDS_MODEL_TIME],
     summary="A token's trajectory as an SVG chart",
     response_class=Response,
     responses={200: {"content": {"image/svg+xml": {}}}, **NOT_FOUND, **BAD, **STALE},
 )
-@spends_model_time
 async def track_svg(
     request: Request,
     grid_id: str,

@@ -23,7 +23,7 @@ from app.store import is_grid_id
 from app.web.errors import ErrorBody, error_response
 from app.web.keeper import KeptGrid, keeper_of, permalink_path
 from app.web.pages import SubmittedForm, form_request, render
-from app.web.ratelimit import spends_model_time
+from app.web.ratelimit import SPENDS_MODEL_TIME
 from app.web.render import GridView, grid_view
 
 router = APIRouter()
@@ -256,8 +256,7 @@ def compare_view(
     return compare_page(request, compared)
 
 
-@router.post("/compare", include_in_schema=False)
-@spends_model_time
+@router.post("/compare", include_in_schema=False, dependencies=[SPENDS_MODEL_TIME])
 def submit_compare(
     request: Request,
     form: SubmittedForm,

@@ -14,10 +14,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.service import InvalidRequestError
 from app.store import StoreError
 from app.web.keeper import ClientGoneError
+from app.web.ratelimit import RateLimitedError
 from app.worker import DeadlineExceededError, QueueFullError, WorkerStoppedError
 
 log = logging.getLogger("future_lens.web")
 LOCATION_PREFIXES = {"body", "query", "path", "form", "header", "cookie"}
+#: Error bodies stay small whatever the request held: a field name (it may be a hostile JSON key) and a message are
+#: cut to these many characters (with `…`).
+MAX_FIELD_CHARS = 80
+MAX_MESSAGE_CHARS = 500
 
 
 class ErrorBody(BaseModel):
@@ -28,8 +33,15 @@ class ErrorBody(BaseModel):
     message: str = Field(description="what is wrong and, for limits, the limit")
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, the last one `…` when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def error_response(status: int, field: str | None, message: str) -> JSONResponse:
-    """A JSON error in the one shape the API uses."""
+    """A JSON error in the one shape the API uses; `field` and `message` are cut so the body is always small."""
+    field = None if field is None else clip(field, MAX_FIELD_CHARS)
+    message = clip(message, MAX_MESSAGE_CHARS)
     detail = f"{field}: {message}" if field else message
     return JSONResponse(ErrorBody(detail=detail, field=field, message=message).model_dump(), status_code=status)
 
@@ -42,14 +54,38 @@ def field_from_location(location: Sequence[object]) -> str:
     return ".".join(parts) or "body"
 
 
-def first_validation_error(errors: Sequence[dict]) -> tuple[str, str]:
-    """(field, message) of the first pydantic error, worded like `app.service.parse_request`."""
+def known_fields(model: object, location: Sequence[object]) -> list[str] | None:
+    """The field names of the pydantic model an error at `location` lies in (`model` is the route's body model,
+    `location` the error's `loc` after `body`), or None when that is not a model."""
+    for part in location[:-1]:
+        fields = getattr(model, "model_fields", None) if isinstance(model, type) else None
+        if not isinstance(part, str) or not fields or part not in fields:
+            return None
+        model = fields[part].annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    return list(model.model_fields)
+
+
+def first_validation_error(errors: Sequence[dict], body_model: object = None) -> tuple[str, str]:
+    """(field, message) of the first pydantic error, worded like `app.service.parse_request`; an unknown JSON
+    field is named, with the fields there are (`body_model`: the route's body model, if any)."""
     if not errors:
         return "body", "invalid request"
     first = errors[0]
-    return field_from_location(first.get("loc", ())), str(first.get("msg", "invalid value")).removeprefix(
-        "Value error, "
-    )
+    location = tuple(first.get("loc", ()))
+    if first.get("type") == "extra_forbidden" and location and isinstance(location[-1], str):
+        names = known_fields(body_model, location[1:]) if location[0] == "body" else None
+        return clip(location[-1], MAX_FIELD_CHARS), "unknown field" + (
+            f"; the fields are {', '.join(names)}" if names else ""
+        )
+    return field_from_location(location), str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+def body_model_of(request: Request) -> object:
+    """The pydantic model of the matched route's JSON body, or None (FastAPI keeps it on `route.body_field`)."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    return getattr(getattr(field, "field_info", None), "annotation", None)
 
 
 def is_undecodable_body(error: StarletteHTTPException) -> bool:
@@ -64,6 +100,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequestError)
     async def invalid_request(_: Request, error: InvalidRequestError) -> JSONResponse:
         return error_response(422, error.field, error.message)
+
+    @app.exception_handler(RateLimitedError)
+    async def rate_limited(_: Request, error: RateLimitedError) -> JSONResponse:
+        response = error_response(429, "client", str(error))
+        response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
 
     @app.exception_handler(QueueFullError)
     async def busy(_: Request, error: QueueFullError) -> JSONResponse:
@@ -99,8 +141,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(499, None, str(error))  # nobody reads it: the client has left
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_shape(_: Request, error: RequestValidationError) -> JSONResponse:
-        field, message = first_validation_error(error.errors())
+    async def invalid_shape(request: Request, error: RequestValidationError) -> JSONResponse:
+        field, message = first_validation_error(error.errors(), body_model_of(request))
         return error_response(422, field, message)
 
     @app.exception_handler(StarletteHTTPException)

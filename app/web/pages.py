@@ -20,7 +20,7 @@ from app.lens.lenses import PAPER_FIXED_PROMPT
 from app.service import GridRequest, InvalidRequestError, method_labels, parse_request
 from app.store import is_grid_id
 from app.web.keeper import GridKeeper, KeptGrid, keeper_of, permalink_path
-from app.web.ratelimit import spends_model_time
+from app.web.ratelimit import SPENDS_MODEL_TIME
 from app.web.render import GridView, grid_view, infer_stride, row_view
 from app.web.reports import PLOTS, load_eval_report, plot_path, served_calibration
 from app.web.streaming import StreamEvent, StreamHead, StreamRow, follow, start_stream, stream_failure
@@ -139,8 +139,7 @@ def submitted_form(
 SubmittedForm = Annotated[FormState, Depends(submitted_form)]
 
 
-@router.post("/grid", response_class=HTMLResponse)
-@spends_model_time
+@router.post("/grid", response_class=HTMLResponse, dependencies=[SPENDS_MODEL_TIME])
 def submit_grid(request: Request, form: SubmittedForm) -> Response:
     """The form's target. htmx gets the grid fragment (and the permalink pushed to the address bar);
     a plain form post is redirected to the permalink page. Invalid input: 422 with the message inline."""
@@ -195,8 +194,7 @@ def kept_view_of(request: Request, grid: Grid) -> GridView:
     return grid_view(grid, "", "", False)
 
 
-@router.get("/grid/stream")
-@spends_model_time
+@router.get("/grid/stream", dependencies=[SPENDS_MODEL_TIME])
 async def stream_grid(
     request: Request,
     text: str = "",

@@ -1,4 +1,5 @@
-"""Per-client rate limit for a public deployment: a token bucket per client address on the routes that compute.
+"""Per-client rate limit for a public deployment: a token bucket per client address on the routes that compute
+(every route with `dependencies=[SPENDS_MODEL_TIME]`).
 
 Each client may start `burst` grids at once and `per_minute` more every minute; a request beyond that gets
 429 with `Retry-After` (seconds until a token is back) in the API's JSON error shape. Off unless configured
@@ -11,34 +12,49 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
-from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from app.web.errors import error_response
-
-Endpoint = TypeVar("Endpoint", bound=Callable[..., object])
-
-
-def spends_model_time(endpoint: Endpoint) -> Endpoint:
-    """Mark a route's endpoint as one that may run the model (so the rate limit applies to it); put it under the
-    route decorator. Lookups of stored grids and pages are never limited."""
-    endpoint.spends_model_time = True  # type: ignore[attr-defined]
-    return endpoint
-
-
-def is_limited(scope: Scope) -> bool:
-    """Whether the request goes to a route marked `spends_model_time`."""
-    for route in scope["app"].router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return bool(getattr(getattr(route, "endpoint", None), "spends_model_time", False))
-    return False
+from fastapi import Depends, Request
+from starlette.routing import BaseRoute
 
 MAX_CLIENTS = 100_000  # buckets kept at most (full buckets are forgotten first)
+
+
+class RateLimitedError(RuntimeError):
+    """A client started more computations than its bucket allows; answered 429 with `Retry-After`."""
+
+    def __init__(self, client: str, retry_after_s: int):
+        super().__init__(f"too many grids from {client}; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def limit_model_time(request: Request) -> None:
+    """The dependency of every route that may run the model (`SPENDS_MODEL_TIME`): take a token from the client's
+    bucket, or refuse (when the app has a rate limit, `app.state.rate_limit`)."""
+    buckets: TokenBuckets | None = getattr(request.app.state, "rate_limit", None)
+    if buckets is None:
+        return
+    client = request.client.host if request.client else "unknown"
+    wait = buckets.take(client)
+    if wait > 0:
+        raise RateLimitedError(client, max(1, math.ceil(wait)))
+
+
+#: `dependencies=[SPENDS_MODEL_TIME]` on a route that may run the model; lookups of stored grids and pages have none.
+SPENDS_MODEL_TIME = Depends(limit_model_time)
+
+
+def model_time_routes(routes: Iterable[BaseRoute]) -> set[str]:
+    """`METHOD path` of every route (in included routers too) that depends on `limit_model_time`."""
+    found: set[str] = set()
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            found |= model_time_routes(included.routes)
+        elif any(getattr(d, "dependency", None) is limit_model_time for d in getattr(route, "dependencies", ())):
+            found |= {f"{method} {route.path}" for method in getattr(route, "methods", ())}
+    return found
 
 
 @dataclass
@@ -79,23 +95,3 @@ class TokenBuckets:
         for client, bucket in list(self._buckets.items()):
             if bucket.tokens + (now - bucket.updated) * self.rate >= self.burst:
                 del self._buckets[client]
-
-
-class RateLimit:
-    """ASGI middleware applying `TokenBuckets` to the routes marked `spends_model_time`, by the client's address."""
-
-    def __init__(self, app: ASGIApp, buckets: TokenBuckets):
-        self.app = app
-        self.buckets = buckets
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_limited(scope):
-            client = (scope.get("client") or ("unknown", 0))[0]
-            wait = self.buckets.take(client)
-            if wait > 0:
-                retry = max(1, math.ceil(wait))
-                response = error_response(429, "client", f"too many grids from {client}; retry in {retry} s")
-                response.headers["Retry-After"] = str(retry)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
