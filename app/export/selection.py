@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from app.export.errors import FieldError
 from app.lens.grid import Grid
-from app.lens.layers import LayerSpecError, parse_layers
+from app.lens.layers import LayerSpecError, max_spec_chars, parse_layers, quoted
 
-#: Larger numbers are refused before parsing: a range like `0-99999999999` would otherwise be expanded in memory.
+#: Larger numbers are refused before parsing (`parse_layers` bounds ranges too; this keeps the message plain).
 MAX_NUMBER = 100_000
 SPEC_CHARACTERS = re.compile(r"(?:all|[0-9,:\- ])*")
 
@@ -43,7 +43,7 @@ def _rows(grid: Grid, spec: str) -> tuple[int, ...]:
         raise SelectionError("layers", str(error)) from None
     rows = tuple(index for index, layer in enumerate(grid.layers) if layer in wanted)
     if not rows:
-        raise SelectionError("layers", f"{spec!r} selects none of this grid's layers {grid.layers}")
+        raise SelectionError("layers", f"{quoted(spec)} selects none of this grid's layers {grid.layers}")
     return rows
 
 
@@ -53,23 +53,31 @@ def _columns(grid: Grid, spec: str) -> tuple[int, ...]:
         return tuple(parse_layers(spec, len(grid.tokens)))
     except LayerSpecError:
         raise SelectionError(
-            "tokens", f"{spec!r} is not a token range of this grid (positions 0..{last}): use e.g. 2:8, 2-7 or 0,3"
+            "tokens",
+            f"{quoted(spec)} is not a token range of this grid (positions 0..{last}): use e.g. 2:8, 2-7 or 0,3",
         ) from None
 
 
-def _check_characters(field: str, spec: str) -> None:
-    """Only ASCII digits, `-`, `:`, `,`, spaces and `all`, and no number above MAX_NUMBER."""
+def _check_characters(field: str, spec: str, n_items: int) -> None:
+    """A spec no longer than `parse_layers` takes for `n_items` (checked first, so nothing below reads a huge one),
+    only ASCII digits, `-`, `:`, `,`, spaces and `all`, and no number above MAX_NUMBER."""
+    limit = max_spec_chars(n_items)
+    if len(spec) > limit:
+        raise SelectionError(field, f"{field} has {len(spec)} characters; the limit is {limit}")
     if not SPEC_CHARACTERS.fullmatch(spec):
-        raise SelectionError(field, f"{spec!r}: use digits with - : and , (e.g. 0-10, 2:8, ::3, 0,5)")
-    if any(int(number) > MAX_NUMBER for number in re.findall(r"[0-9]+", spec)):
-        raise SelectionError(field, f"{spec!r} names a number above {MAX_NUMBER}")
+        raise SelectionError(field, f"{quoted(spec)}: use digits with - : and , (e.g. 0-10, 2:8, ::3, 0,5)")
+    if any(
+        len(number.lstrip("0")) > len(str(MAX_NUMBER)) or int(number) > MAX_NUMBER
+        for number in re.findall("[0-9]+", spec)
+    ):
+        raise SelectionError(field, f"{quoted(spec)} names a number above {MAX_NUMBER}")
 
 
 def select(grid: Grid, layers: str | None = None, tokens: str | None = None) -> Selection:
     """The rows and columns that `layers` and `tokens` name (None or empty: all); raises `SelectionError`."""
     whole = Selection.whole(grid)
-    for field, spec in (("layers", layers), ("tokens", tokens)):
-        _check_characters(field, spec or "")
+    for field, spec, n_items in (("layers", layers, grid.model.n_layers), ("tokens", tokens, len(grid.tokens))):
+        _check_characters(field, spec or "", n_items)
     rows = _rows(grid, layers) if layers and layers.strip() else whole.rows
     columns = _columns(grid, tokens) if tokens and tokens.strip() else whole.columns
     return Selection(rows, columns)
