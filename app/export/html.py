@@ -1,17 +1,26 @@
-"""A grid as one self-contained HTML file: inline CSS, a small inline script for the popover, the data inline.
+"""A grid as one self-contained HTML file: the page's own stylesheet and popover script inlined, the data inline.
 
-It makes no request of any kind (its Content-Security-Policy allows only its own style and script, by hash), so it
-opens offline, from an e-mail attachment or a supplementary-material folder, and keeps hover, click and keyboard
-popovers. Token text is escaped by Jinja's autoescaping and, in the data, by `tojson`.
+One source for both: the file inlines the page's `static/lens.css`, `static/cells.css` and `static/lens.js` as they
+are at export time, plus a small offline addition (`app/export/static/offline.css`, `offline.js`) for what the file
+needs beyond the page: its header and footer, positions of a selection in the popover title, and trajectories read
+from the stored top-k (the page's Track asks the server; the file has none). The page's files are found through
+`app/export/page/` (links to `static/` in a source checkout, copies in an installed package), else in the assets
+folder (`FUTURE_LENS_ASSETS_DIR`, the current directory), as the web app finds them.
+
+The file makes no request of any kind (its Content-Security-Policy allows only its own style and script, by hash),
+so it opens offline, from an e-mail attachment or a supplementary-material folder, and keeps hover, click and
+keyboard popovers. Token text is escaped by Jinja's autoescaping and, in the data, by `tojson`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
@@ -20,8 +29,20 @@ from app.export import palette
 from app.export.selection import Selection
 from app.export.svg import caption
 from app.export.text import pieces
+from app.export.trajectory import stored_tracks
 from app.lens.display import WHITESPACE_MARKS
-from app.lens.grid import Grid
+from app.lens.grid import Grid, TokenProb
+
+#: The page's files the offline file inlines, in order (static/ of the source checkout).
+PAGE_STYLES = ("lens.css", "cells.css")
+PAGE_SCRIPTS = ("lens.js",)
+#: The offline file's additions (app/export/static/), after the page's.
+OFFLINE_STYLE = "offline.css"
+OFFLINE_SCRIPT = "offline.js"
+
+
+class MissingPageAssetError(FileNotFoundError):
+    """A page file the offline export inlines could not be found."""
 
 
 def marked(text: str) -> Markup:
@@ -32,30 +53,51 @@ def marked(text: str) -> Markup:
     )
 
 
-def palette_css() -> str:
-    """The shade rules, from the one palette: `.pN` backgrounds, white text on dark shades, greys when borrowed."""
-    rules = []
-    for bucket, (blue, grey) in enumerate(zip(palette.SHADES, palette.BORROWED_SHADES, strict=True)):
-        ink = f" color: {palette.ON_DARK};" if bucket >= palette.DARK_FROM else ""
-        rules.append(f".p{bucket} {{ background: {blue};{ink} }}")
-        rules.append(f"tr.borrowed td.cell.p{bucket} {{ background: {grey}; }}")
-    return "\n".join(rules) + "\n"
-
-
 def _asset(name: str) -> str:
     return resources.files("app.export").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
+def page_asset_dirs() -> list[Path]:
+    """Where the page's static files may be, in order: the assets folder if configured, the current directory's
+    static/ (the web app's own fallbacks, for an installed package built without them)."""
+    configured = os.environ.get("FUTURE_LENS_ASSETS_DIR")
+    return ([Path(configured) / "static"] if configured else []) + [Path.cwd() / "static"]
+
+
+def page_asset(name: str) -> str:
+    """The text of the page's static file `name` (one of PAGE_STYLES / PAGE_SCRIPTS)."""
+    packaged = resources.files("app.export").joinpath("page").joinpath(name)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    for folder in page_asset_dirs():
+        if (folder / name).is_file():
+            return (folder / name).read_text(encoding="utf-8")
+    raise MissingPageAssetError(
+        f"the page's static/{name} is neither in the package (app/export/page/) nor in "
+        f"{', '.join(str(folder) for folder in page_asset_dirs())}: set FUTURE_LENS_ASSETS_DIR to the folder holding "
+        "static/"
+    )
+
+
+def _inline_safe(source: str, tag: str) -> str:
+    """`source` unchanged, after checking it cannot end its own `<style>`/`<script>` element early."""
+    if f"</{tag}" in source.lower():
+        raise ValueError(f"a stylesheet or script to inline contains </{tag}")
+    return source
+
+
 @cache
 def css() -> str:
-    """The file's whole stylesheet."""
-    return _asset("offline.css") + palette_css()
+    """The file's whole stylesheet: the page's, then the offline additions."""
+    parts = [page_asset(name) for name in PAGE_STYLES] + [_asset(OFFLINE_STYLE)]
+    return _inline_safe("\n".join(part.rstrip("\n") + "\n" for part in parts), "style")
 
 
 @cache
 def script() -> str:
-    """The file's whole script."""
-    return _asset("offline.js")
+    """The file's whole script: the page's popover script, then the offline additions."""
+    parts = [page_asset(name) for name in PAGE_SCRIPTS] + [_asset(OFFLINE_SCRIPT)]
+    return _inline_safe("\n".join(part.rstrip("\n") + "\n" for part in parts), "script")
 
 
 def _hash(source: str) -> str:
@@ -75,8 +117,12 @@ def content_security_policy() -> str:
 class CellView:
     texts: list[str]
     bucket: int
-    dark: bool
     match: bool
+    agree: list[bool]  # per token: equal to the model's own continuation there
+
+    @property
+    def n_agree(self) -> int:
+        return sum(self.agree)
 
 
 @dataclass(frozen=True)
@@ -86,7 +132,13 @@ class RowView:
     cells: list[CellView]
 
 
+def continuation(grid: Grid) -> list[list[TokenProb]]:
+    """The model's own greedy tokens after each position (only the next token for grids without continuations)."""
+    return grid.continuations if grid.continuations is not None else [[token] for token in grid.next_tokens]
+
+
 def _rows(grid: Grid, selection: Selection) -> list[RowView]:
+    own = continuation(grid)
     rows = []
     for r in selection.rows:
         prompt_layer = grid.prompt_layers[r] if grid.prompt_layers is not None else None
@@ -94,33 +146,50 @@ def _rows(grid: Grid, selection: Selection) -> list[RowView]:
         for c in selection.columns:
             cell = grid.cells[r][c]
             match = bool(cell.tokens) and cell.tokens[0].id == grid.next_tokens[c].id
+            ids = [token.id for token in own[c]]
+            agree = [step < len(ids) and token.id == ids[step] for step, token in enumerate(cell.tokens)]
             texts = [token.text for token in cell.tokens]
-            cells.append(CellView(texts, palette.prob_bucket(cell.mean_prob), palette.is_dark(cell.mean_prob), match))
+            cells.append(CellView(texts, palette.prob_bucket(cell.mean_prob), match, agree))
         rows.append(RowView(grid.layers[r], prompt_layer if prompt_layer != grid.layers[r] else None, cells))
     return rows
 
 
-def popover_data(grid: Grid, selection: Selection) -> dict[str, object]:
-    """What the script shows in a popover, for the selected rows and columns (raw texts: it marks them itself)."""
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
-    def pairs(tokens: list) -> list[list[object]]:
+
+def popover_data(grid: Grid, selection: Selection) -> dict[str, object]:
+    """What the page's popover script reads (the page's data island, for the selected rows and columns: raw texts,
+    it marks them itself), with the selection's token positions and, per column, the stored top-k trajectories."""
+
+    def pairs(tokens: list[TokenProb]) -> list[list[object]]:
         return [[token.text, round(token.prob, 5)] for token in tokens]
 
     rows, columns = selection.rows, selection.columns
+    own = continuation(grid)
     return {
         "marks": WHITESPACE_MARKS,
+        "method": grid.method,
         "layers": [grid.layers[r] for r in rows],
         "prompt_layers": [grid.prompt_layers[r] for r in rows] if grid.prompt_layers is not None else None,
         "positions": list(columns),
         "tokens": [grid.tokens[c].text for c in columns],
         "next": pairs([grid.next_tokens[c] for c in columns]),
+        "cont": [pairs(own[c]) for c in columns],
         "cells": [
             [
-                {"t": pairs(cell.tokens), "k": pairs(cell.topk), "m": round(cell.mean_prob, 5)}
+                {
+                    "t": pairs(cell.tokens),
+                    "k": pairs(cell.topk),
+                    "ki": [token.id for token in cell.topk],
+                    "m": round(cell.mean_prob, 5),
+                    "s": [cell.next_rank, _rounded(cell.entropy), _rounded(cell.kl)],
+                }
                 for cell in (grid.cells[r][c] for c in columns)
             ]
             for r in rows
         ],
+        "track": stored_tracks(grid, selection),
     }
 
 
@@ -141,6 +210,7 @@ def grid_html(grid: Grid, selection: Selection | None = None, grid_id: str | Non
     """The grid (or the selected rows and columns) as a standalone HTML document; `grid_id` names its permalink."""
     sel = selection or Selection.whole(grid)
     rows = _rows(grid, sel)
+    own = continuation(grid)
     return (
         _environment()
         .get_template("offline.html")
@@ -150,6 +220,7 @@ def grid_html(grid: Grid, selection: Selection | None = None, grid_id: str | Non
             caption=caption(grid, sel),
             rows=rows,
             columns=list(sel.columns),
+            continuation=[own[c] for c in sel.columns],
             borrowed=any(row.borrowed is not None for row in rows),
             data=popover_data(grid, sel),
             csp=content_security_policy(),

@@ -1,4 +1,5 @@
-"""A token's trajectory as an SVG chart: its probability as the first predicted token across layers.
+"""A token's trajectory as an SVG chart: its probability as the first predicted token across layers; and the
+trajectory an offline file can show without a model, read from the grid's stored top-k (`stored_trajectory`).
 
 Top: a line chart over the grid's layers, one thin grey line per position and the chosen position's line drawn
 bold, with its rank at every layer written under the axis. Below: a heat strip, one row per position and one column
@@ -9,13 +10,15 @@ text out; token text goes through the same marks and XML escaping as the grid fi
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.export import palette
 from app.export.errors import FieldError
+from app.export.selection import Selection
 from app.export.svg import ADVANCE, MONO, SANS, SVG_NS, _el, _num, sans_width
 from app.export.text import clip, pieces, plain, shown, width
-from app.lens.grid import Grid
+from app.lens.grid import Cell, Grid
 from app.lens.track import Track, TrackedToken
 
 MARGIN = 12.0
@@ -228,3 +231,51 @@ def trajectory_svg(grid: Grid, track: Track, token_id: int, position: int) -> st
     _draw_strip(svg, grid, track, token, position, box)
     _draw_legend(svg, box, track.positions)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(svg, encoding="unicode") + "\n"
+
+
+# ---------- trajectories read from the stored top-k (no model: the offline HTML file) ----------
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A token's probability in one cell as far as the cell's stored top-k tells: `prob` when the token is listed
+    there, else None, and then only that it is below `floor`, the smallest probability the cell lists (p_k)."""
+
+    layer: int
+    prob: float | None
+    floor: float | None  # None only for a cell that lists no top-k at all
+
+
+def listed_prob(cell: Cell, token_id: int) -> float | None:
+    """The probability of `token_id` in the cell's stored top-k (its first listing), None when it is not listed."""
+    return next((token.prob for token in cell.topk if token.id == token_id), None)
+
+
+def stored_trajectory(grid: Grid, token_id: int, position: int, rows: Sequence[int] | None = None) -> list[StoredPoint]:
+    """Token `token_id` as the first predicted token at every layer (`rows`: indices into `grid.layers`, default
+    all) of position `position`, read from each cell's stored top-k: exact where listed, `< floor` elsewhere."""
+    if not 0 <= position < len(grid.tokens):
+        raise TrajectoryError("position", f"position {position} is outside the text (0 to {len(grid.tokens) - 1})")
+    points = []
+    for r in range(len(grid.layers)) if rows is None else rows:
+        cell = grid.cells[r][position]
+        floor = min((token.prob for token in cell.topk), default=None)
+        points.append(StoredPoint(grid.layers[r], listed_prob(cell, token_id), floor))
+    return points
+
+
+def stored_tracks(grid: Grid, selection: Selection) -> list[dict[str, list[list[float]]]]:
+    """For the offline file, per selected column: every token listed in a selected cell's top-k there (by id, as
+    text) -> `[[row, prob], ...]` for the selected rows (indices into the selection) where it is listed, in row
+    order. A row missing from a token's list is one where it is below that cell's smallest listed probability."""
+    tracks = []
+    for c in selection.columns:
+        column: dict[str, list[list[float]]] = {}
+        for index, r in enumerate(selection.rows):
+            seen = set()
+            for token in grid.cells[r][c].topk:
+                if token.id not in seen:
+                    seen.add(token.id)
+                    column.setdefault(str(token.id), []).append([index, round(token.prob, 5)])
+        tracks.append(column)
+    return tracks

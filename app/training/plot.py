@@ -66,6 +66,19 @@ def learning_curve_data(curve: list[dict]) -> dict:
     return {"title": "learned prompt: dev precision@1 vs training examples per layer", "series": series}
 
 
+def learning_curve_scope(curve: dict) -> dict:
+    """What a learning curve (`learning_curve.json`: config and points) was measured on, for its caption: the dev
+    examples scored at every point (`config.curve_dev`) and the layers `learning_curve_data` averages over (those
+    of its points). Missing parts are None / empty."""
+    config = curve.get("config") if isinstance(curve.get("config"), dict) else {}
+    dev = config.get("curve_dev")
+    points = curve.get("points") if isinstance(curve.get("points"), list) else []
+    layers = sorted(
+        {int(layer) for point in points if isinstance(point, dict) for layer in point.get("layers", {}) or {}}
+    )
+    return {"dev_examples": dev if isinstance(dev, int) else None, "layers": layers}
+
+
 def _save(figure, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:

@@ -17,7 +17,7 @@ from app.export.palette import EMPTY_TOKEN_MARK, percent, prob_bucket
 from app.lens.display import WHITESPACE_MARKS
 from app.lens.grid import Cell, Grid, TokenProb
 from app.lens.layers import strided_layers
-from app.web.reports import CALIBRATION_N, Calibration
+from app.web.reports import CALIBRATION_N, Calibration, reversal_note
 
 #: A shade's measured share of right cells is shown only when at least this many held-out cells had that shade.
 MIN_BIN_CELLS = 20
@@ -48,6 +48,7 @@ class LegendCalibration:
 
     shares: list[ShadeShare]
     sentence: str
+    reversed_note: str | None = None  # when higher shades were right less often than lower ones
 
 
 def shade_share(low: float, high: float, count: int, accuracy: float | None) -> ShadeShare:
@@ -76,7 +77,7 @@ def legend_calibration(calibration: Calibration | None, n_future: int) -> Legend
         )
         if n_future != CALIBRATION_N:
             sentence += f" This grid has N = {n_future}, so its shades average over a different number of tokens."
-    return LegendCalibration(shares, sentence)
+    return LegendCalibration(shares, sentence, reversal_note(calibration, MIN_BIN_CELLS))
 
 
 @dataclass(frozen=True)

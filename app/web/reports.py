@@ -8,11 +8,11 @@ missing or malformed is reported as a note, never raised.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from app.lens.lenses import PAPER_FIXED_PROMPT
+from app.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, PAPER_FIXED_PROMPT
 
 #: The plots /about shows, by the fixed file stem served at `/about/<stem>.png`, with their captions.
 PLOTS: dict[str, str] = {
@@ -46,6 +46,11 @@ class EvalReport:
     tables: list[ReportTable] = field(default_factory=list)
     facts: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)  # plot stem -> caption read from the report's data
+
+    def caption(self, stem: str) -> str:
+        """The caption of plot `stem`: the one written from the report's data, else the fixed one of PLOTS."""
+        return self.captions.get(stem) or PLOTS.get(stem, stem)
 
     def sections(self) -> list[tuple[ReportTable | None, list[str]]]:
         """Reading order: each table followed by the plots that illustrate it, then the remaining plots."""
@@ -70,7 +75,7 @@ class CalibrationBin:
 class Calibration:
     """Measured reliability of one method's cell colour: per probability bin, how often such cells were right."""
 
-    method: str  # the report's method key: learned_prompt, fixed_prompt, logit_lens
+    method: str  # the report's method key: learned_prompt, fixed_prompt, identity_patchscope, logit_lens, ...
     measure: str  # "mean_prob" (share of a cell's CALIBRATION_N tokens right) or "first_token"
     bins: list[CalibrationBin]
     n: int
@@ -178,8 +183,59 @@ def report_facts(data: dict, fingerprint: str) -> list[tuple[str, str]]:
     return facts
 
 
+def learning_curve_caption(curve: object, data: object) -> str | None:
+    """The learning curve's caption with what it was measured on (its dev examples and layers, read from the curve
+    that drew it) and, from eval.json (`data`), what the tables were measured on; None when the curve says neither."""
+    from app.training.plot import learning_curve_scope  # the plot's own reading of the curve (no web import there)
+
+    if not isinstance(curve, dict):
+        return None
+    scope = learning_curve_scope(curve)
+    dev, layers = scope["dev_examples"], scope["layers"]
+    if dev is None and not layers:
+        return None
+    parts = [f"{dev} dev examples" if dev is not None else "", f"layers {layer_ranges(layers)}" if layers else ""]
+    caption = f"{PLOTS['learning_curve']}, scored during training on its own {' at '.join(p for p in parts if p)}"
+    if len(layers) > 1:
+        caption += f" (the mean and the best of those {len(layers)} layers)"
+    if isinstance(data, dict):
+        tables = []
+        if isinstance(data.get("dev_examples"), int):
+            tables.append(f"{data['dev_examples']} dev examples")
+        evaluated = data.get("layers")
+        if isinstance(evaluated, list) and evaluated and all(isinstance(layer, int) for layer in evaluated):
+            tables.append(f"layers {layer_ranges(evaluated)}")
+        if tables:
+            caption += f"; the tables above use {' and '.join(tables)}, so their numbers differ"
+    return caption
+
+
+def plot_captions(reports_dir: Path, model_id: str, data: object) -> dict[str, str]:
+    """Captions written from the report's data: the learning curve's, from `learning_curve.json` (written with its
+    plot), else the copy in eval.json (`data`)."""
+    path = report_folder(reports_dir, model_id) / "learning_curve.json"
+    try:
+        curve = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        curve = None
+    if curve is None and isinstance(data, dict):
+        curve = data.get("learning_curve")
+    caption = learning_curve_caption(curve, data)
+    return {"learning_curve": caption} if caption else {}
+
+
 def load_eval_report(reports_dir: Path, model_id: str, fingerprint: str) -> EvalReport:
-    """Read `reports/<model_id>/`: eval.json's tables and facts, and which plots exist; problems become notes."""
+    """Read `reports/<model_id>/`: eval.json's tables and facts, which plots exist and their captions; problems
+    become notes."""
+    report = _eval_report(reports_dir, model_id, fingerprint)
+    try:
+        data = read_report_json(reports_dir, model_id)
+    except (OSError, ValueError):
+        data = None
+    return replace(report, captions=plot_captions(reports_dir, model_id, data))
+
+
+def _eval_report(reports_dir: Path, model_id: str, fingerprint: str) -> EvalReport:
     plots = [stem for stem in PLOTS if plot_path(reports_dir, model_id, stem)]
     try:
         data = read_report_json(reports_dir, model_id)
@@ -206,14 +262,22 @@ def load_eval_report(reports_dir: Path, model_id: str, fingerprint: str) -> Eval
     return EvalReport(True, plots, tables, report_facts(data, fingerprint), notes)
 
 
+#: Grid methods whose colour is the mean probability of N decoded tokens, by the report's method key.
+PHRASE_METHODS = {"future": "learned_prompt", "fixed": "fixed_prompt", "identity": "identity_patchscope"}
+#: Next-token readouts (N = 1, the colour is the first token's probability), by the report's method key.
+NEXT_TOKEN_METHODS = {"logit": "logit_lens", "tuned": "tuned_lens", "jacobian": "jacobian_lens"}
+#: The prompt the report measured each fixed-prompt method with (another prompt: another lens, not measured).
+MEASURED_PROMPTS = {"fixed": (PAPER_FIXED_PROMPT,), "identity": (IDENTITY_PATCHSCOPE_PROMPT, None)}
+
+
 def report_method(method: str, prompt: str | None) -> tuple[str, str] | None:
     """The report's (method, measure) whose calibration describes a grid's colours, or None if none does."""
-    if method == "future":
-        return "learned_prompt", "mean_prob"
-    if method == "fixed" and prompt == PAPER_FIXED_PROMPT:
-        return "fixed_prompt", "mean_prob"
-    if method == "logit":
-        return "logit_lens", "first_token"
+    if method in MEASURED_PROMPTS and prompt not in MEASURED_PROMPTS[method]:
+        return None
+    if method in PHRASE_METHODS:
+        return PHRASE_METHODS[method], "mean_prob"
+    if method in NEXT_TOKEN_METHODS:
+        return NEXT_TOKEN_METHODS[method], "first_token"
     return None
 
 
@@ -252,3 +316,61 @@ def served_calibration(
     except (OSError, ValueError):
         return None
     return calibration_of(data, method, prompt, fingerprint)
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """A higher shade measured right less often than a lower one, by more than the bins' sampling noise."""
+
+    lower: CalibrationBin
+    higher: CalibrationBin
+
+    @property
+    def drop(self) -> float:
+        return (self.lower.accuracy or 0.0) - (self.higher.accuracy or 0.0)
+
+
+def _noise(a: CalibrationBin, b: CalibrationBin) -> float:
+    """Two standard errors of the difference of two bins' shares (binomial; a cell's share of N tokens varies
+    less, so this is on the safe side)."""
+    pa, pb = a.accuracy or 0.0, b.accuracy or 0.0
+    return 2 * (pa * (1 - pa) / a.count + pb * (1 - pb) / b.count) ** 0.5
+
+
+#: A reversal smaller than this (in share of cells right) is not worth a note, however many cells measured it.
+MIN_REVERSAL = 0.05
+
+
+def calibration_reversal(calibration: Calibration, min_count: int) -> Reversal | None:
+    """Where the legend's second row reads backwards: a shade right less often than a lower shade (both measured on
+    at least `min_count` cells, the drop beyond noise and at least MIN_REVERSAL). The darkest measured shade's
+    reversal is preferred (it is the one a reader trusts most), then the largest drop."""
+    shown = [b for b in calibration.bins if b.accuracy is not None and b.count >= min_count]
+    reversals = [
+        Reversal(lower, higher)
+        for i, lower in enumerate(shown)
+        for higher in shown[i + 1 :]
+        if (lower.accuracy or 0.0) - (higher.accuracy or 0.0) > max(MIN_REVERSAL, _noise(lower, higher))
+    ]
+    if not reversals:
+        return None
+    darkest = [r for r in reversals if r.higher is shown[-1]]
+    return max(darkest or reversals, key=lambda r: r.drop)
+
+
+def reversal_note(calibration: Calibration | None, min_count: int) -> str | None:
+    """A few words for the legend when its second row reads backwards (None when it does not)."""
+    reversal = None if calibration is None else calibration_reversal(calibration, min_count)
+    if reversal is None:
+        return None
+
+    def shade(b: CalibrationBin) -> str:
+        return f"{b.low * 100:.0f}–{b.high * 100:.0f}%"
+
+    higher, lower = reversal.higher, reversal.lower
+    return (
+        f"higher shades are not more often right here: cells shaded {shade(higher)} were right "
+        f"{(higher.accuracy or 0.0) * 100:.0f}% of the time, cells shaded {shade(lower)} "
+        f"{(lower.accuracy or 0.0) * 100:.0f}%. This lens is often confidently wrong: read a dark cell as its "
+        "confidence, not as a chance of being right."
+    )

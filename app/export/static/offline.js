@@ -1,183 +1,178 @@
-/* Future Lens offline grid: the page's popover (hover, click to pin, focus and arrow keys, Esc closes).
- * Token text is only ever written with textContent, never as HTML. Nothing is fetched. */
+/* Future Lens offline file: what it needs beyond the page's own script (static/lens.js, inlined before this, which
+ * draws the popovers). The file's columns may be a selection, so the popover names a column's token position; and
+ * the page's Track (which asks the server) becomes a trajectory read from the stored top-k, drawn in the popover.
+ * Nothing is fetched. Token text is only written with textContent. */
 (function () {
   "use strict";
 
   var island = document.getElementById("grid-data");
   var data = JSON.parse((island.content || island).textContent);
-  var popover = document.getElementById("popover");
-  var shown = null, pinned = null;
+  var lens = window.FutureLens;  /* lens.js's helpers: el, marked, percent */
+  var SVG = "http://www.w3.org/2000/svg";
+  /* The chart's y axis ends at the first of these at or above the highest value drawn (as app/export/trajectory.py). */
+  var AXIS_TOPS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-  function el(tag, className, text) {
-    var node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+  function el(tag, className, text) { return lens.el(tag, className, text); }
 
-  function marked(text) {
-    /* A span with whitespace made visible and control characters escaped, both in the dimmer .ws style. */
-    var span = el("span");
-    if (text === "") { span.appendChild(el("span", "ws", "∅")); return span; }
-    var plain = "";
-    function flush() { if (plain) { span.appendChild(document.createTextNode(plain)); plain = ""; } }
-    for (var i = 0; i < text.length; i++) {
-      var ch = text[i], code = text.charCodeAt(i), mark = null;
-      if (Object.prototype.hasOwnProperty.call(data.marks, ch)) mark = data.marks[ch];
-      else if (code < 32 || code === 127) mark = "\\x" + (code < 16 ? "0" : "") + code.toString(16);
-      if (mark === null) { plain += ch; continue; }
-      flush();
-      span.appendChild(el("span", "ws", mark));
-    }
-    flush();
+  function tokenSpan(text) {
+    var span = el("span", "tk-inline");
+    span.appendChild(lens.marked(text, data.marks));
     return span;
   }
 
-  function percent(p) {
-    var v = p * 100;
-    if (v >= 9.95) return v.toFixed(0) + "%";
-    if (v >= 0.05) return v.toFixed(1) + "%";
-    return "<0.1%";
+  function svg(tag, attrs, parent) {
+    var node = document.createElementNS(SVG, tag);
+    Object.keys(attrs).forEach(function (name) { node.setAttribute(name, String(attrs[name])); });
+    if (parent) parent.appendChild(node);
+    return node;
   }
 
-  function probTable(rows, nextText) {
-    var table = el("table");
-    rows.forEach(function (row) {
-      var tr = el("tr", nextText !== undefined && row[0] === nextText ? "is-next" : null);
-      var tk = el("td", "tk");
-      tk.appendChild(marked(row[0]));
-      var bar = el("td", "bar"), fill = el("span", "bar-fill");
-      fill.style.width = Math.max(1, Math.round(row[1] * 100)) + "%";
-      bar.appendChild(fill);
-      tr.appendChild(tk);
-      tr.appendChild(el("td", "pr", percent(row[1])));
-      tr.appendChild(bar);
-      table.appendChild(tr);
+  function svgTitle(node, text) { svg("title", {}, node).textContent = text; }
+
+  /* ---------- the token's position in the popover title ---------- */
+
+  function namePosition(popover, c) {
+    var title = popover.querySelector("h3");
+    var text = title && title.firstChild;
+    if (text && text.nodeType === 3) text.textContent = text.textContent.replace(/after token \d+ $/, "after token " + data.positions[c] + " ");
+  }
+
+  /* ---------- the trajectory, from the stored top-k ---------- */
+
+  function trajectory(r, c, k) {
+    /* Per row of the file: the candidate's stored probability there, or null with the cell's smallest listed one. */
+    var id = String(data.cells[r][c].ki[k]), listed = {};
+    (data.track[c][id] || []).forEach(function (point) { listed[point[0]] = point[1]; });
+    return data.layers.map(function (layer, row) {
+      var top = data.cells[row][c].k, floor = top.length ? top[top.length - 1][1] : null;
+      return { layer: layer, row: row, prob: Object.prototype.hasOwnProperty.call(listed, row) ? listed[row] : null, floor: floor };
     });
-    return table;
   }
 
-  function fill(cell) {
-    var r = Number(cell.dataset.r), c = Number(cell.dataset.c);
-    var info = data.cells[r][c], next = data.next[c];
-    popover.textContent = "";
-    var title = el("h3", null, "Layer " + data.layers[r] + " · after token " + data.positions[c] + " ");
-    var tok = el("span", "tk-inline");
-    tok.appendChild(marked(data.tokens[c]));
-    title.appendChild(tok);
-    popover.appendChild(title);
-    popover.appendChild(el("h4", null, info.t.length > 1
-      ? "Predicted " + info.t.length + " tokens · mean " + percent(info.m) : "Predicted next token"));
-    popover.appendChild(probTable(info.t));
-    popover.appendChild(el("h4", null, "Top " + info.k.length + " for the first token"));
-    popover.appendChild(probTable(info.k, next[0]));
-    var foot = el("div", "foot", "Model's actual next token: ");
-    var actual = el("span", "tk-inline");
-    actual.appendChild(marked(next[0]));
-    foot.appendChild(actual);
-    foot.appendChild(document.createTextNode(" (" + percent(next[1]) + ")"));
-    if (data.prompt_layers && data.prompt_layers[r] !== data.layers[r]) {
-      foot.appendChild(el("div", null, "Uses the prompt trained for layer " + data.prompt_layers[r] + "."));
+  function axisTop(points) {
+    var highest = 0;
+    points.forEach(function (p) { highest = Math.max(highest, p.prob === null ? (p.floor || 0) : p.prob); });
+    for (var i = 0; i < AXIS_TOPS.length; i++) if (AXIS_TOPS[i] >= highest) return AXIS_TOPS[i];
+    return 1;
+  }
+
+  function below(floor) { var text = lens.percent(floor); return text.charAt(0) === "<" ? text : "< " + text; }
+
+  function shown(p) { return p.prob === null ? (p.floor === null ? "not listed" : below(p.floor)) : lens.percent(p.prob); }
+
+  function chart(points, here, text) {
+    var W = 320, H = 132, left = 34, right = 8, top = 8, plotH = 96;
+    var step = (W - left - right) / Math.max(1, points.length);
+    var yTop = axisTop(points);
+    function x(i) { return left + step * (i + 0.5); }
+    function y(p) { return top + plotH * (1 - Math.min(p, yTop) / yTop); }
+    var root = svg("svg", { "class": "track-chart", viewBox: "0 0 " + W + " " + H, role: "img" });
+    svgTitle(root, "Probability of " + text + " as the first predicted token at every layer of this position, " +
+      "read from the stored top-k");
+    [0, 0.5, 1].forEach(function (level) {
+      svg("line", { "class": "rule", x1: left, x2: W - right, y1: y(level * yTop), y2: y(level * yTop) }, root);
+      svg("text", { "class": "axis", x: left - 4, y: y(level * yTop) + 3, "text-anchor": "end" }, root).textContent =
+        (level ? +(level * yTop * 100).toPrecision(2) : 0) + "%";
+    });
+    var every = Math.ceil(points.length / 15);
+    points.forEach(function (p, i) {
+      if (i % every === 0 || i === here) {
+        svg("text", { "class": "axis", x: x(i), y: top + plotH + 12, "text-anchor": "middle" }, root).textContent = String(p.layer);
+      }
+    });
+    svg("text", { "class": "axis", x: left - 4, y: top + plotH + 12, "text-anchor": "end" }, root).textContent = "layer";
+    var run = [];
+    function flush() {
+      if (run.length > 1) svg("polyline", { "class": "line", points: run.join(" ") }, root);
+      run = [];
     }
-    popover.appendChild(foot);
+    points.forEach(function (p, i) {
+      if (p.prob === null) { flush(); return; }
+      run.push(x(i).toFixed(1) + "," + y(p.prob).toFixed(1));
+    });
+    flush();
+    points.forEach(function (p, i) {
+      var mark;
+      if (p.prob !== null) {
+        mark = svg("circle", { "class": i === here ? "listed here" : "listed", cx: x(i), cy: y(p.prob), r: i === here ? 3.6 : 2.6 }, root);
+      } else if (p.floor !== null) {
+        var cx = x(i), cy = y(p.floor);  /* an open triangle pointing down: somewhere below this */
+        mark = svg("path", { "class": i === here ? "below here" : "below", d: "M" + (cx - 3.2) + " " + (cy - 2) + "h6.4l-3.2 5.4z" }, root);
+      } else {
+        return;
+      }
+      svgTitle(mark, "layer " + p.layer + ": " + shown(p) + (p.prob === null ? " (not in this cell's stored top-k)" : ""));
+    });
+    return root;
   }
 
-  function place(cell) {
-    var box = cell.getBoundingClientRect();
-    popover.style.left = "0px";
-    popover.style.top = "0px";
-    var pw = popover.offsetWidth, ph = popover.offsetHeight;
+  function showTrack(button, r, c, k) {
+    var popover = document.getElementById("popover");
+    var old = popover.querySelector(".stored-track");
+    if (old) old.remove();
+    var candidate = data.cells[r][c].k[k][0], points = trajectory(r, c, k);
+    var box = el("div", "stored-track");
+    box.setAttribute("aria-live", "polite");
+    var head = el("h4", null, "Trajectory of ");
+    head.appendChild(tokenSpan(candidate));
+    head.appendChild(document.createTextNode(" at position " + data.positions[c]));
+    box.appendChild(head);
+    box.appendChild(chart(points, r, candidate));
+    var list = el("ol", "track-values");
+    points.forEach(function (p, row) {
+      var item = el("li", (p.prob === null ? "below" : "listed") + (row === r ? " here" : ""));
+      item.appendChild(el("span", "at", "L" + p.layer));
+      item.appendChild(document.createTextNode(shown(p)));
+      list.appendChild(item);
+    });
+    box.appendChild(list);
+    var k1 = data.cells[r][c].k.length;
+    box.appendChild(el("p", "track-caption", "Read from the stored top-" + k1 + " of each cell at this position, not " +
+      "recomputed: \u201c< p\u201d (open triangles) means the token was not among that cell's listed tokens, so its " +
+      "probability was below p, the smallest one listed there. Dots: listed; orange: this cell."));
+    popover.appendChild(box);
+    popover.classList.add("with-track");
+    Array.prototype.forEach.call(popover.querySelectorAll("button.track-token"), function (other) {
+      other.setAttribute("aria-pressed", other === button ? "true" : "false");
+    });
+    keepInView(popover);
+  }
+
+  function keepInView(popover) {
+    var box = popover.getBoundingClientRect();
     var vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
-    var top = box.bottom + 6;
-    if (top + ph > vh - 8) top = Math.max(8, box.top - ph - 6);
-    popover.style.left = Math.round(Math.min(Math.max(8, box.left), vw - pw - 8)) + "px";
-    popover.style.top = Math.round(top) + "px";
+    if (box.right > vw - 8) popover.style.left = Math.max(8, vw - 8 - box.width) + "px";
+    if (box.bottom > vh - 8) popover.style.top = Math.max(8, vh - 8 - box.height) + "px";
   }
 
-  function highlight(cell, on) {
-    var row = cell.parentElement.querySelector("th");
-    var head = document.querySelector('thead th[data-c="' + cell.dataset.c + '"]');
-    if (row) row.classList.toggle("row-active", on);
-    if (head) head.classList.toggle("col-active", on);
-    cell.classList.toggle("active", on);
+  /* ---------- the popover's tools (the page's cells.js adds its server-backed ones the same way) ---------- */
+
+  function addTools(event) {
+    var popover = event.target, detail = event.detail, info = data.cells[detail.r][detail.c];
+    namePosition(popover, detail.c);
+    popover.classList.remove("with-track");
+    if (!info.k.length) return;
+    var tools = el("div", "cell-tools");
+    tools.appendChild(el("h4", null, "Track a candidate through the layers"));
+    var list = el("div", "track-list");
+    info.k.forEach(function (pair, k) {
+      var button = el("button", "track-token");
+      button.type = "button";
+      button.dataset.k = String(k);
+      button.dataset.r = String(detail.r);
+      button.dataset.c = String(detail.c);
+      button.title = "Track: this token's probability at every layer of this position, from the stored top-k";
+      button.appendChild(lens.marked(pair[0], data.marks));
+      list.appendChild(button);
+    });
+    tools.appendChild(list);
+    tools.appendChild(el("p", "tools-hint", "Click the cell to use these."));  /* shown only while not pinned */
+    popover.appendChild(tools);
   }
 
-  function show(cell) {
-    if (shown && shown !== cell) highlight(shown, false);
-    shown = cell;
-    fill(cell);
-    highlight(cell, true);
-    popover.hidden = false;
-    popover.classList.toggle("pinned", pinned === cell);
-    cell.setAttribute("aria-describedby", "popover");
-    place(cell);
-  }
-
-  function hide(force) {
-    if (pinned && !force) return;
-    pinned = null;
-    popover.hidden = true;
-    popover.classList.remove("pinned");
-    if (shown) { highlight(shown, false); shown.removeAttribute("aria-describedby"); shown = null; }
-  }
-
-  function toggle(cell) {
-    if (pinned === cell) { hide(true); return; }
-    pinned = cell;
-    show(cell);
-  }
-
-  function cellAt(r, c) { return document.querySelector('td.cell[data-r="' + r + '"][data-c="' + c + '"]'); }
-
-  function onKey(event, cell) {
-    var r = Number(cell.dataset.r), c = Number(cell.dataset.c);
-    var moves = { ArrowLeft: [r, c - 1], ArrowRight: [r, c + 1], ArrowUp: [r - 1, c], ArrowDown: [r + 1, c] };
-    if (moves[event.key]) {
-      var target = cellAt(moves[event.key][0], moves[event.key][1]);
-      event.preventDefault();
-      if (!target) return;
-      pinned = null;
-      cell.tabIndex = -1;
-      target.tabIndex = 0;
-      target.focus();
-    } else if (event.key === "Enter" || event.key === " ") {
-      event.preventDefault();
-      toggle(cell);
-    } else if (event.key === "Escape") {
-      hide(true);
-    }
-  }
-
-  function cellOf(event) { return event.target.closest ? event.target.closest("td.cell") : null; }
-
-  document.addEventListener("mouseover", function (event) {
-    var cell = cellOf(event);
-    if (cell && !pinned) show(cell);
-  });
-  document.addEventListener("mouseout", function (event) {
-    var cell = cellOf(event);
-    if (cell && !pinned && !(event.relatedTarget && cell.contains(event.relatedTarget))) hide(false);
-  });
-  document.addEventListener("focusin", function (event) {
-    var cell = cellOf(event);
-    if (!cell) return;
-    if (pinned && pinned !== cell) pinned = null;
-    show(cell);
-  });
-  document.addEventListener("focusout", function (event) {
-    var cell = cellOf(event);
-    if (cell && pinned !== cell) hide(false);
-  });
+  document.addEventListener("lens:popover", addTools);
   document.addEventListener("click", function (event) {
-    var cell = cellOf(event);
-    if (cell) { toggle(cell); return; }
-    if (pinned && !popover.contains(event.target)) hide(true);
+    var button = event.target.closest && event.target.closest("#popover button.track-token");
+    if (button) showTrack(button, Number(button.dataset.r), Number(button.dataset.c), Number(button.dataset.k));
   });
-  document.addEventListener("keydown", function (event) {
-    var cell = cellOf(event);
-    if (cell) onKey(event, cell);
-    else if (event.key === "Escape") hide(true);
-  });
-  window.addEventListener("resize", function () { if (shown) place(shown); });
-  document.addEventListener("scroll", function () { if (shown) place(shown); }, true);
 })();
