@@ -25,9 +25,16 @@
   }
 
   function visible(text, marks) {
+    /* Plain text with invisible characters as their marks (the table app/lens/display.py sends), by code point. */
     var out = "";
-    for (var i = 0; i < text.length; i++) out += Object.prototype.hasOwnProperty.call(marks, text[i]) ? marks[text[i]] : text[i];
+    Array.from(text).forEach(function (ch) { out += Object.prototype.hasOwnProperty.call(marks, ch) ? marks[ch] : ch; });
     return out || "∅";
+  }
+
+  function described(text, marks) {
+    /* " (U+00A0 NO-BREAK SPACE)": the unusual invisible characters of `text`, named (lens.js knows the names). */
+    var L = window.FutureLens, names = L && L.namedChars ? L.namedChars(text, marks) : [];
+    return names.length ? " (" + names.join(", ") + ")" : "";
   }
 
   function gridIdOf(cell) {
@@ -62,10 +69,12 @@
     tools.appendChild(el("h4", null, "Track a candidate through the grid"));
     var list = el("div", "track-list");
     info.k.forEach(function (pair, k) {
-      var button = el("button", "track-token", visible(pair[0], data.marks));
+      var button = el("button", "track-token");
+      if (window.FutureLens && window.FutureLens.marked) button.appendChild(window.FutureLens.marked(pair[0], data.marks));
+      else button.textContent = visible(pair[0], data.marks);
       button.type = "button";
       button.dataset.k = String(k);
-      button.title = "chart this token's probability at every layer and position";
+      button.title = "chart this token's probability at every layer and position" + described(pair[0], data.marks);
       list.appendChild(button);
     });
     tools.appendChild(list);

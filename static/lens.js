@@ -16,12 +16,41 @@
     var pane = cell && cell.closest("[data-pane]");
     var island = pane ? pane.querySelector('template[id^="grid-data"]') : document.getElementById("grid-data");
     if (!island) return null;
-    if (!island._parsed) island._parsed = JSON.parse((island.content || island).textContent);
+    if (!island._parsed) { island._parsed = JSON.parse((island.content || island).textContent); learnNames(island._parsed); }
     return island._parsed;
   }
 
+  /* Code point and Unicode name of each marked character other than ordinary whitespace ("U+00A0 NO-BREAK
+   * SPACE"), from every grid's data seen (`names`); a character no grid named yet shows its code point alone. */
+  var knownNames = {};
+
+  function learnNames(data) {
+    if (data && data.names) Object.keys(data.names).forEach(function (ch) { knownNames[ch] = data.names[ch]; });
+  }
+
+  var ORDINARY = { " ": true, "\n": true, "\t": true, "\r": true };
+
+  function codePointName(ch) {
+    if (Object.prototype.hasOwnProperty.call(knownNames, ch)) return knownNames[ch];
+    var hex = ch.codePointAt(0).toString(16).toUpperCase();
+    return "U+" + ("0000" + hex).slice(-Math.max(4, hex.length));
+  }
+
+  function isMarked(ch, marks) { return Object.prototype.hasOwnProperty.call(marks, ch); }
+
+  function namedChars(text, marks) {
+    /* The code points (with names) of the unusual marked characters in `text`, each once, in order. */
+    var seen = {}, out = [];
+    Array.from(text).forEach(function (ch) {
+      if (isMarked(ch, marks) && !ORDINARY[ch] && !seen[ch]) { seen[ch] = true; out.push(codePointName(ch)); }
+    });
+    return out;
+  }
+
   function marked(text, marks) {
-    /* A span with whitespace made visible; the marks get the dimmer .ws style. */
+    /* A span with invisible characters made visible (marks: the table app/lens/display.py sends with the grid);
+     * the marks get the dimmer .ws style; unusual ones also .odd (boxed) and a title naming them, code-point marks
+     * (⟨U+200B⟩) also .cp (smaller). */
     var span = document.createElement("span");
     if (text === "") {
       var empty = document.createElement("span");
@@ -32,19 +61,23 @@
     }
     var plain = "";
     function flush() { if (plain) { span.appendChild(document.createTextNode(plain)); plain = ""; } }
-    for (var i = 0; i < text.length; i++) {
-      var ch = text[i];
-      if (Object.prototype.hasOwnProperty.call(marks, ch)) {
-        flush();
-        var mark = document.createElement("span");
-        mark.className = "ws";
-        mark.textContent = marks[ch];
-        span.appendChild(mark);
-      } else {
-        plain += ch;
-      }
-    }
+    Array.from(text).forEach(function (ch) {  /* by code point: tags and other astral format characters too */
+      if (!isMarked(ch, marks)) { plain += ch; return; }
+      flush();
+      var mark = document.createElement("span"), shown = marks[ch];
+      mark.className = ORDINARY[ch] ? "ws" : shown.length > 2 && shown[0] === "⟨" ? "ws odd cp" : "ws odd";
+      mark.textContent = shown;
+      if (!ORDINARY[ch]) mark.title = codePointName(ch);
+      span.appendChild(mark);
+    });
     flush();
+    return span;
+  }
+
+  function markedNamed(text, marks) {
+    /* The marked text followed by the code points of its unusual characters ("U+00A0 NO-BREAK SPACE"). */
+    var span = marked(text, marks), names = namedChars(text, marks);
+    if (names.length) span.appendChild(el("span", "cp-name", names.join(", ")));
     return span;
   }
 
@@ -68,7 +101,7 @@
       var tr = el("tr");
       if (nextText !== undefined && row[0] === nextText) tr.className = "is-next";
       var tk = el("td", "tk");
-      tk.appendChild(marked(row[0], marks));
+      tk.appendChild(markedNamed(row[0], marks));
       var pr = el("td", "pr", percent(row[1]));
       var bar = el("td", "bar");
       var fill = el("span", "bar-fill");
@@ -97,6 +130,8 @@
     var tok = el("span", "tk-inline");
     tok.appendChild(marked(data.tokens[c], marks));
     title.appendChild(tok);
+    var titleNames = namedChars(data.tokens[c], marks);
+    if (titleNames.length) title.appendChild(el("span", "cp-name", titleNames.join(", ")));
     popover.appendChild(title);
 
     popover.appendChild(el("h4", null, info.t.length > 1
@@ -116,6 +151,8 @@
     actual.appendChild(marked(next[0], marks));
     foot.appendChild(actual);
     foot.appendChild(document.createTextNode(" (" + percent(next[1]) + ")"));
+    var nextNames = namedChars(next[0], marks);
+    if (nextNames.length) foot.appendChild(el("span", "cp-name", nextNames.join(", ")));
     if (data.prompt_layers && data.prompt_layers[r] !== data.layers[r]) {
       foot.appendChild(el("div", null, "Uses the prompt trained for layer " + data.prompt_layers[r] + "."));
     }
@@ -267,6 +304,65 @@
     cell.scrollIntoView({ block: "nearest", inline: "nearest" });
   }
 
+  /* ---------- Back and Forward: the view the URL names (a grid's permalink, the start page) ---------- */
+
+  /* History entries this script made or took over; htmx's own entries (state.htmx) are htmx's to restore. */
+  var VIEW_STATE = { futureLens: true };
+  var shownUrl = null;   /* the address (without #cell=…) of the view on screen */
+  var restoring = 0;     /* which restore is the latest: an earlier answer arriving later is dropped */
+
+  function viewUrl(href) { return href.split("#")[0]; }
+
+  function copyForm(from, to) {
+    /* The fetched page's form values into the page's form (kept, so its listeners and htmx wiring stay). */
+    Array.prototype.forEach.call(to.elements, function (field) {
+      if (!field.name) return;
+      var source = from.elements.namedItem(field.name);
+      if (!source || source.length !== undefined && !source.tagName) return;
+      field.value = source.value;
+      if (source.hasAttribute("aria-invalid")) field.setAttribute("aria-invalid", "true");
+      else field.removeAttribute("aria-invalid");
+    });
+    updateLayersHint();
+  }
+
+  function restoreView() {
+    var url = viewUrl(window.location.href), ticket = ++restoring;
+    endStream();
+    hidePopover(true);
+    var result = $("#result");
+    if (result) result.classList.add("loading");
+    fetch(url, { headers: { Accept: "text/html" } }).then(function (answer) {
+      return answer.text();  /* a 404 page ("no such grid") is a view too */
+    }).then(function (html) {
+      if (ticket !== restoring) return;
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var newResult = doc.getElementById("result"), newForm = doc.getElementById("lens-form");
+      var form = $("#lens-form");
+      if (!newResult || !result || !form || !newForm) { window.location.reload(); return; }
+      result.innerHTML = newResult.innerHTML;  /* the server's page: token text escaped there */
+      result.classList.remove("loading");
+      copyForm(newForm, form);
+      document.title = doc.title;
+      shownUrl = url;
+      markInvalidField();
+      restoreCellFromUrl();
+    }).catch(function () {
+      if (ticket !== restoring) return;
+      window.location.reload();  /* the server could not be reached: let the browser show the address's page */
+    });
+  }
+
+  window.addEventListener("popstate", function (event) {
+    if ((event.state && event.state.htmx) || !document.getElementById("lens-form")) return;  /* grid pages only */
+    if (shownUrl !== null && viewUrl(window.location.href) === shownUrl) {  /* only #cell=… changed */
+      hidePopover(true);
+      restoreCellFromUrl();
+      return;
+    }
+    restoreView();
+  });
+
   /* ---------- copy link ---------- */
 
   function copyLink(button) {
@@ -346,12 +442,17 @@
   }
 
   /* What compare.js draws popovers with (one source of the token rendering). */
-  window.FutureLens = { el: el, marked: marked, percent: percent, probTable: probTable, statsLine: statsLine };
+  window.FutureLens = {
+    el: el, marked: marked, markedNamed: markedNamed, namedChars: namedChars, learnNames: learnNames,
+    percent: percent, probTable: probTable, statsLine: statsLine
+  };
 
   /* ---------- wiring (event delegation, so swapped-in grids need no re-binding) ---------- */
 
   document.addEventListener("DOMContentLoaded", function () {
     popover = document.getElementById("popover");
+    shownUrl = viewUrl(window.location.href);
+    if (document.getElementById("lens-form") && !window.history.state) window.history.replaceState(VIEW_STATE, "", window.location.href);
     updateLayersHint();
     markInvalidField();
     restoreCellFromUrl();
@@ -400,7 +501,11 @@
       var data = JSON.parse(event.data);
       endStream();
       result.innerHTML = data.html;
-      window.history.pushState({}, "", data.permalink);
+      /* A new history entry for the grid (Back returns to the view before it); the same grid again replaces it. */
+      var url = new URL(data.permalink, window.location.href).href;
+      if (url === window.location.href) window.history.replaceState(VIEW_STATE, "", url);
+      else window.history.pushState(VIEW_STATE, "", url);
+      shownUrl = viewUrl(window.location.href);
       document.title = form.querySelector("#text").value.slice(0, 40) + " — Future Lens";
     });
     source.addEventListener("failed", function (event) {

@@ -7,6 +7,7 @@ reaches the page as HTML.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from app.export.palette import EMPTY_TOKEN_MARK, percent, prob_bucket
-from app.lens.display import WHITESPACE_MARKS
+from app.lens.display import ORDINARY_WHITESPACE, WHITESPACE_MARKS, code_point_name, is_code_mark, named_characters
 from app.lens.grid import Cell, Grid, TokenProb
 from app.lens.layers import strided_layers
 from app.web.reports import CALIBRATION_N, Calibration, reversal_note
@@ -24,13 +25,21 @@ MIN_BIN_CELLS = 20
 
 
 def marked_text(text: str) -> Markup:
-    """Token text as HTML with whitespace made visible (`·` `↵` `⇥`) and the marks wrapped for dimmer styling."""
+    """Token text as HTML with invisible characters made visible (`·` `↵` `⇥` `⍽` `⟨U+200B⟩`, app/lens/display.py)
+    and the marks wrapped for dimmer styling; a mark other than ordinary whitespace (`.odd`: boxed) is titled with
+    its code point."""
     if not text:
         return Markup('<span class="ws" title="empty token">{}</span>').format(EMPTY_TOKEN_MARK)
     parts = []
     for char in text:
         mark = WHITESPACE_MARKS.get(char)
-        parts.append(Markup('<span class="ws">{}</span>').format(mark) if mark else escape(char))
+        if not mark:
+            parts.append(escape(char))
+        elif char in ORDINARY_WHITESPACE:
+            parts.append(Markup('<span class="ws">{}</span>').format(mark))
+        else:
+            kind = "ws odd cp" if is_code_mark(mark) else "ws odd"
+            parts.append(Markup('<span class="{}" title="{}">{}</span>').format(kind, code_point_name(char), mark))
     return Markup("").join(parts)
 
 
@@ -136,10 +145,13 @@ class GridView:
         return len(self.grid.tokens)
 
     def popover_data(self) -> dict[str, object]:
-        """Compact data the page script needs for popovers: raw texts (it marks whitespace itself) and probs."""
+        """Compact data the page script needs for popovers: raw texts (it marks invisible characters itself, with
+        `marks`, the one table of app/lens/display.py), probs, and `names`: the code point and Unicode name of every
+        marked character other than ordinary whitespace in this grid's texts."""
         grid = self.grid
         return {
             "marks": WHITESPACE_MARKS,
+            "names": named_characters(grid_texts(grid)),
             "method": grid.method,
             "layers": grid.layers,
             "prompt_layers": grid.prompt_layers,
@@ -159,6 +171,17 @@ class GridView:
                 for row in grid.cells
             ],
         }
+
+
+def grid_texts(grid: Grid) -> Iterator[str]:
+    """Every token text a grid shows: inputs, the model's own tokens, and each cell's tokens and alternatives."""
+    yield from (token.text for token in grid.tokens)
+    for row in model_continuation(grid):
+        yield from (token.text for token in row)
+    for cells in grid.cells:
+        for cell in cells:
+            yield from (token.text for token in cell.tokens)
+            yield from (token.text for token in cell.topk)
 
 
 def grid_view(
