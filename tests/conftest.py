@@ -108,23 +108,28 @@ def embedded_dir():
     return prepare_gguf_cache(CATALOG[DEFAULT_MODEL])
 
 
+def tiny_llama_config(vocab_size: int, n_layers: int) -> LlamaConfig:
+    """A tiny random Llama's config for SmolLM2's tokenizer: hidden 64, 4 query heads sharing 2 key/value heads."""
+    return LlamaConfig(
+        num_hidden_layers=n_layers,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=vocab_size,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(embedded_dir) -> LoadedModel:
     """A 2-block random Llama with SmolLM2's real tokenizer."""
     torch.manual_seed(3)
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    config = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-    )
-    return wrap_model("tiny-llama", LlamaForCausalLM(config).to(TEST_DEVICE), tokenizer, CATALOG[DEFAULT_MODEL])
+    hf = LlamaForCausalLM(tiny_llama_config(len(tokenizer), n_layers=2))
+    return wrap_model("tiny-llama", hf.to(TEST_DEVICE), tokenizer, CATALOG[DEFAULT_MODEL])
 
 
 @pytest.fixture(scope="session")

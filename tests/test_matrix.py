@@ -25,7 +25,7 @@ import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from app.cli import cli
@@ -42,6 +42,7 @@ from app.lens.registry import LensSpec, lens_spec, lens_specs, registered
 from app.service import InvalidRequestError, LensService, parse_request
 from app.web.app import create_app
 from app.web.ratelimit import model_time_routes
+from tests.conftest import tiny_llama_config
 from tests.server_helpers import serving
 from tests.test_browser import Watched, browser  # noqa: F401 (fixture)
 from tests.webapp_helpers import random_prompt_dir
@@ -70,9 +71,8 @@ class RawUnembedLens(Lens):
         top_k: int,
         reference: CellReference | None = None,
     ) -> CellPredictions:
-        head = self.model.hf.get_output_embeddings()
-        probs = torch.softmax(head(states.to(self.model.device, self.model.dtype)).float(), dim=-1)
-        topk_probs, topk_ids = probs.topk(top_k, dim=-1)
+        logits = self.model.hf.get_output_embeddings()(states.to(self.model.device, self.model.dtype))
+        topk_probs, topk_ids = torch.softmax(logits.float(), dim=-1).topk(top_k, dim=-1)
         return CellPredictions(topk_ids[:, :1], topk_probs[:, :1], topk_ids, topk_probs).cpu()
 
 
@@ -135,17 +135,7 @@ def tiny_model_dir(directory: Path, tokenizer_dir: Path) -> Path:
     """A 3-block random Llama with SmolLM2's tokenizer, saved as a local HF directory (safetensors)."""
     torch.manual_seed(5)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        num_hidden_layers=3,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-    )
+    config = tiny_llama_config(len(tokenizer), n_layers=3)
     LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
