@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTJConfig, PretrainedConfig
 
+from app.lens.architectures import block_output_tensor
 from app.lens.lenses import FutureLens
 from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, converted_dir, load_model, resolve_dtype, wrap_model
 from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
-from app.lens.reference import naive_cell
 from app.lens.source import run_source_pass, tokenize
+from app.lens.tracing import save
 
 BASE_TEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
@@ -104,6 +105,23 @@ def roofline(model: LoadedModel, rows: int, length: int = 32, repeats: int = 3) 
         model.hf(ids[:4], logits_to_keep=1)  # warm-up
         seconds = timed(model, lambda: model.hf(ids, logits_to_keep=1), repeats)
     return rows * length / seconds
+
+
+@torch.inference_mode()
+def naive_cell(model: LoadedModel, context: torch.Tensor, layer: int, state: torch.Tensor, n_future: int) -> None:
+    """The naive per-cell loop timed against the engine (the paper demo's way): N nnsight traces of the whole
+    sequence (no KV cache), block `layer`'s output at the context's last position replaced by `state` in each, the
+    argmax appended. The tests' oracle (tests/reference.py) checks what the engine computes; this only times it."""
+    envoy = model.nnsight
+    blocks = model.adapter.locate_blocks(envoy)
+    patch_at = context.shape[0] - 1
+    embeds = context.to(model.device, model.dtype)[None]
+    for _ in range(n_future):
+        with envoy.trace(inputs_embeds=embeds):
+            block_output_tensor(blocks[layer].output)[0, patch_at] = state.to(model.device, model.dtype)
+            logits = save(envoy.output.logits)
+        best_id = torch.softmax(logits[0, -1].float(), dim=-1).argmax()
+        embeds = torch.cat([embeds, model.adapter.embed_tokens(best_id.view(1, 1))], dim=1)
 
 
 def naive_seconds_per_cell(

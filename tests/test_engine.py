@@ -1,19 +1,25 @@
-"""The batched engine must give exactly what the naive per-cell reference gives (ids equal, probs within 1e-4)."""
+"""The batched engine must give exactly what the naive per-cell oracle gives (ids equal, probs within 1e-4).
+
+The oracle (tests/reference.py) computes its own hidden states, target contexts, patch and decode from the model
+object alone, so the engine's source pass, tokenization and contexts are checked too, not fed to both sides."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
+import app.lens.grid
+import app.lens.source
 from app.lens.architectures import ARCHITECTURES
 from app.lens.engine import CellPredictions, PatchedCells, decode_patched
 from app.lens.lenses import FixedPromptLens, FutureLens, PatchedContextLens
 from app.lens.models import LoadedModel, wrap_model
 from app.lens.prompts import SoftPromptSet
-from app.lens.reference import naive_cells
-from app.lens.source import run_source_pass, tokenize
+from app.lens.source import tokenize
+from tests import reference as oracle
 from tests.conftest import ALL_ARCHITECTURES, TEST_DEVICE, tiny_model_named, words
 
 
@@ -23,21 +29,25 @@ def random_prompts(model: LoadedModel, layers: list[int], length: int = 10, seed
     return SoftPromptSet(None, {layer: torch.randn(length, d_model, generator=generator) for layer in layers})
 
 
-def assert_same(engine: CellPredictions, naive: CellPredictions) -> None:
+def assert_same(engine: CellPredictions, naive: CellPredictions | oracle.OracleCells) -> None:
     assert torch.equal(engine.token_ids, naive.token_ids)
     assert torch.equal(engine.topk_ids, naive.topk_ids)
     torch.testing.assert_close(engine.probs, naive.probs, atol=1e-4, rtol=0)
     torch.testing.assert_close(engine.topk_probs, naive.topk_probs, atol=1e-4, rtol=0)
 
 
+def oracle_target(lens: PatchedContextLens) -> oracle.Target:
+    """What the oracle needs to know of a lens: its soft prompts' raw tensors, or its prompt's text."""
+    if isinstance(lens, FutureLens):
+        return oracle.SoftPrompts(lens.prompts.prompts)
+    if isinstance(lens, FixedPromptLens):
+        return oracle.TextPrompt(lens.prompt)
+    raise TypeError(f"no oracle target for {type(lens).__name__}")
+
+
 def naive_grid_cells(lens: PatchedContextLens, text: str, layers: list[int], n_future: int, top_k: int):
-    """The reference for every cell of one text's grid, layer-major like the grid."""
-    model = lens.model
-    source = run_source_pass(model, tokenize(model, text))
-    cells = [(layer, t) for layer in layers for t in range(len(source.token_ids))]
-    contexts = [lens.context_embeddings(layer) for layer, _ in cells]
-    states = torch.stack([source.hidden[layer, t] for layer, t in cells])
-    return naive_cells(model, contexts, list(range(len(cells))), [c[0] for c in cells], states, n_future, top_k)
+    """The oracle's cells for one text's grid, layer-major like the grid (its own states and contexts)."""
+    return oracle.grid_cells(lens.model, oracle_target(lens), text, layers, n_future, top_k)
 
 
 def grid_predictions(grid) -> CellPredictions:
@@ -107,13 +117,13 @@ def test_contexts_of_different_lengths_in_one_call(tiny_llama: LoadedModel) -> N
     generator = torch.Generator().manual_seed(7)
     d_model = tiny_llama.adapter.d_model
     contexts = [torch.randn(length, d_model, generator=generator) for length in (10, 1, 4, 10)]
-    source = run_source_pass(tiny_llama, tokenize(tiny_llama, "one two three"))
+    hidden = oracle.hidden_states(tiny_llama, "one two three")
     index = [0, 1, 2, 3, 1, 0]
     layers = [0, 1, 1, 0, 0, 1]
-    states = torch.stack([source.hidden[layer, i % 3] for i, layer in enumerate(layers)])
+    states = torch.stack([hidden[layer, i % 3] for i, layer in enumerate(layers)])
     cells = PatchedCells(contexts, torch.tensor(index), torch.tensor(layers), states)
     engine = decode_patched(tiny_llama, cells, n_future=3, top_k=4, chunk_rows=2)
-    assert_same(engine, naive_cells(tiny_llama, contexts, index, layers, states, 3, 4))
+    assert_same(engine, oracle.cells(tiny_llama, contexts, index, layers, states, 3, 4))
 
 
 @pytest.mark.embedded
@@ -161,6 +171,7 @@ def test_half_precision_engine_agrees_with_naive(tiny_model: LoadedModel, dtype:
     if dtype == torch.float16 and TEST_DEVICE == "cpu":
         pytest.skip("float16 is a GPU dtype; CPU inference uses float32 or bfloat16")
     half = wrap_model(tiny_model.id, copy.deepcopy(tiny_model.hf).to(dtype), tiny_model.tokenizer)
+    half.context_prefix = list(tiny_model.context_prefix)  # the same model in another dtype (catalog entry's prefix)
     layers = list(range(half.adapter.n_layers))
     lens = FutureLens(half, random_prompts(half, layers), chunk_rows=7)
     texts = texts_for(half)
@@ -169,7 +180,7 @@ def test_half_precision_engine_agrees_with_naive(tiny_model: LoadedModel, dtype:
     else:
         grids = streamed_grids(lens, texts, layers, 3, 4)
     engine = CellPredictions.concat([grid_predictions(grid) for grid in grids])
-    naive = CellPredictions.concat([naive_grid_cells(lens, text, layers, 3, 4) for text in texts])
+    naive = oracle.OracleCells.concat([naive_grid_cells(lens, text, layers, 3, 4) for text in texts])
     tolerance = HALF_TOLERANCE[dtype]
     torch.testing.assert_close(engine.topk_probs, naive.topk_probs, atol=tolerance, rtol=0)
     # The engine's first token is a top token of the naive distribution, up to rounding (exact ties are common).
@@ -200,3 +211,89 @@ def test_chunk_rows_are_sized_from_the_model_shape_and_free_memory(embedded_dir)
     assert rows_that_fit(per_row, 16 << 30, "cpu") == MAX_CHUNK_ROWS["cpu"]
     assert 8 <= rows_that_fit(per_row, 100 << 20, "cpu") < 32  # little memory free: small chunks
     assert bytes_per_row(smol, torch.float32, 20) > per_row  # longer N, fewer rows
+
+
+# The oracle stands apart: it catches bugs the engine's own parts would share with a reference fed by them, and it
+# is itself what a hand computation gives.
+
+
+def engine_fed_reference(lens: PatchedContextLens, text: str, layers: list[int], n_future: int, top_k: int):
+    """What the old reference checked: the naive decode fed the engine's own source pass, tokens and contexts."""
+    model = lens.model
+    source = app.lens.source.run_source_pass(model, tokenize(model, text))
+    pairs = [(layer, t) for layer in layers for t in range(len(source.token_ids))]
+    contexts = [lens.context_embeddings(layer) for layer, _ in pairs]
+    states = torch.stack([source.hidden[layer, t] for layer, t in pairs])
+    return oracle.cells(
+        model, contexts, list(range(len(pairs))), [layer for layer, _ in pairs], states, n_future, top_k
+    )
+
+
+@pytest.mark.parametrize("tiny_model", ["tiny_gptj", "tiny_llama"], indirect=True)
+def test_oracle_catches_source_states_off_by_one_position(
+    tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug injected into the engine's source pass (each column reads the block outputs of the position before it)
+    makes the engine disagree with the oracle; a reference fed the engine's source pass agrees with the bug."""
+    layers = list(range(tiny_model.adapter.n_layers))
+    lens = FutureLens(tiny_model, random_prompts(tiny_model, layers, seed=21))
+    text = texts_for(tiny_model)[0]
+    assert_same(
+        grid_predictions(lens.grid(text, layers=layers, n_future=2, top_k=3)),
+        naive_grid_cells(lens, text, layers, 2, 3),
+    )
+
+    real = app.lens.source.run_source_pass
+
+    def off_by_one(model, token_ids, keep_cache=False):
+        source = real(model, token_ids, keep_cache=keep_cache)
+        source.hidden = torch.cat([source.hidden[:, :1], source.hidden[:, :-1]], dim=1)
+        return source
+
+    monkeypatch.setattr(app.lens.source, "run_source_pass", off_by_one)
+    monkeypatch.setattr(app.lens.grid, "run_source_pass", off_by_one)
+    faulty = grid_predictions(lens.grid(text, layers=layers, n_future=2, top_k=3))
+    assert_same(faulty, engine_fed_reference(lens, text, layers, 2, 3))  # the old reference: blind to it
+    with pytest.raises(AssertionError):
+        assert_same(faulty, naive_grid_cells(lens, text, layers, 2, 3))
+
+
+def test_oracle_catches_a_dropped_context_prefix(tiny_llama: LoadedModel) -> None:
+    """An engine that forgets the context prefix (in the source pass, the fixed prompt and the continuation) is
+    caught by the oracle, which starts texts and prompts with the document-start token itself; the old reference,
+    taking the prefix, states and contexts from the engine, agreed with it."""
+    dropped = dataclasses.replace(tiny_llama, context_prefix=[])
+    text, layers = "The cat sat on the mat", [0, 1]
+    lens = FixedPromptLens(dropped, "Hello! Could you please tell me more about")
+    grid = lens.grid(text, layers=layers, n_future=2, top_k=3)
+    assert_same(grid_predictions(grid), engine_fed_reference(lens, text, layers, 2, 3))
+    with pytest.raises(AssertionError):
+        assert_same(grid_predictions(grid), naive_grid_cells(lens, text, layers, 2, 3))
+    continuation = [[token.id for token in row] for row in grid.continuations]
+    assert continuation != oracle.continuation(dropped, text, 2)[0].tolist()
+
+
+@pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)
+def test_oracle_agrees_with_hand_computations(tiny_model: LoadedModel) -> None:
+    """The oracle's parts against what the HF model says directly: its block outputs are HF's hidden states, the
+    logit lens at the last block is the model's own next-token logits, and patching the context's last position
+    with its own state changes nothing (with another state, it does)."""
+    assert oracle.context_prefix(tiny_model) == tiny_model.context_prefix == [0], "the document-start token"
+    text = texts_for(tiny_model)[2]
+    ids = torch.tensor([oracle.context_prefix(tiny_model) + oracle.text_ids(tiny_model, text)], device=TEST_DEVICE)
+    hidden = oracle.hidden_states(tiny_model, text)
+    with torch.inference_mode():
+        out = tiny_model.hf(input_ids=ids, output_hidden_states=True)
+    assert hidden.shape == (len(oracle.blocks_of(tiny_model)), ids.shape[1] - 1, hidden.shape[-1])
+    for layer in range(hidden.shape[0] - 1):  # HF's last entry has the final norm applied
+        torch.testing.assert_close(hidden[layer], out.hidden_states[layer + 1][0, 1:].cpu())
+    torch.testing.assert_close(oracle.logit_lens_logits(tiny_model, hidden[-1]), out.logits[0, 1:].float().cpu())
+
+    prompt = oracle.TextPrompt(text)
+    context = oracle.target_context(tiny_model, prompt, 0)
+    assert context.shape[0] == ids.shape[1]
+    own_next = torch.softmax(out.logits[0, -1].float(), dim=-1).cpu()
+    for layer in range(hidden.shape[0]):
+        torch.testing.assert_close(oracle.first_probs(tiny_model, context, layer, hidden[layer, -1]), own_next)
+        other = oracle.first_probs(tiny_model, context, layer, hidden[layer, 0])
+        assert (other - own_next).abs().max() > 1e-3, "the patch applies"

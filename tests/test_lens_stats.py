@@ -1,5 +1,6 @@
 """Per-cell statistics, the model's own continuation and streamed grids, each against an independent naive
-computation (`app/lens/reference.py`: no cache, no batching, one cell or position at a time)."""
+computation (the oracle, `tests/reference.py`: its own states and contexts, no cache, no batching, one cell or
+position at a time)."""
 
 from __future__ import annotations
 
@@ -10,40 +11,30 @@ from app.lens.continuation import model_continuations
 from app.lens.grid import SCHEMA, Grid
 from app.lens.lenses import FixedPromptLens, FutureLens, LogitLens, PatchedContextLens
 from app.lens.models import LoadedModel
-from app.lens.reference import naive_continuation, naive_first_probs, naive_first_token_stats
 from app.lens.source import run_source_pass, tokenize
+from tests import reference as oracle
 from tests.conftest import ALL_ARCHITECTURES, words
-from tests.test_engine import random_prompts, texts_for
-
-
-def naive_model_probs(model: LoadedModel, token_ids: list[int]) -> torch.Tensor:
-    """The model's next-token distribution after each position [T, V], one uncached forward per position."""
-    rows = []
-    for end in range(1, len(token_ids) + 1):
-        ids = torch.tensor([list(model.context_prefix) + token_ids[:end]], device=model.device)
-        with torch.inference_mode():
-            rows.append(torch.softmax(model.hf(input_ids=ids).logits[0, -1].float(), dim=-1).cpu())
-    return torch.stack(rows)
+from tests.test_engine import oracle_target, random_prompts, texts_for
 
 
 def naive_stats(lens, text: str, layers: list[int]) -> list[tuple[int, float, float]]:
-    """(rank, entropy, KL) of every cell of the grid, layer-major, from naive first-token distributions."""
+    """(rank, entropy, KL) of every cell of the grid, layer-major, from the oracle's first-token distributions."""
     model = lens.model
-    token_ids = tokenize(model, text)
-    source = run_source_pass(model, token_ids)
-    model_probs = naive_model_probs(model, token_ids)
+    hidden = oracle.hidden_states(model, text)
+    model_probs = oracle.model_next_probs(model, text)
     out = []
     for layer in layers:
-        for t in range(len(token_ids)):
-            state = source.hidden[layer, t]
-            if isinstance(lens, PatchedContextLens):
-                first = naive_first_probs(model, lens.context_embeddings(layer), layer, state)
+        context = (
+            oracle.target_context(model, oracle_target(lens), layer) if isinstance(lens, PatchedContextLens) else None
+        )
+        for t in range(hidden.shape[1]):
+            state = hidden[layer, t]
+            if context is not None:
+                first = oracle.first_probs(model, context, layer, state)
             else:
-                with torch.inference_mode():
-                    logits = model.adapter.logits_from_hidden(state.to(model.device, model.dtype)[None])
-                first = torch.softmax(logits[0].double(), dim=-1).cpu()
+                first = torch.softmax(oracle.logit_lens_logits(model, state[None])[0].double(), dim=-1)
             next_id = int(model_probs[t].argmax())
-            out.append(naive_first_token_stats(first, model_probs[t], next_id))
+            out.append(oracle.first_token_stats(first, model_probs[t], next_id))
     return out
 
 
@@ -103,7 +94,7 @@ def test_model_continuation_matches_naive(tiny_model: LoadedModel) -> None:
     or from the source pass's keys/values: the same as the naive decode."""
     for text in texts_for(tiny_model):
         token_ids = tokenize(tiny_model, text)
-        naive_ids, naive_probs = naive_continuation(tiny_model, token_ids, 3)
+        naive_ids, naive_probs = oracle.continuation(tiny_model, text, 3)
         source = run_source_pass(tiny_model, token_ids, keep_cache=True)
         assert source.cache is not None and source.cache.get_seq_length() == len(tiny_model.context_prefix + token_ids)
         for ids, probs in [

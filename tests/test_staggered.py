@@ -1,4 +1,5 @@
-"""Staggered decoding (waves entering one running decode) must give what the naive per-cell reference gives."""
+"""Staggered decoding (waves entering one running decode) must give what the naive per-cell oracle gives
+(`tests/reference.py`: its own states and contexts)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from app.lens.grid import first_rows, stream_waves
 from app.lens.interventions import on_block_outputs
 from app.lens.lenses import FixedPromptLens, FutureLens, LogitLens
 from app.lens.models import LoadedModel
-from app.lens.reference import naive_cells, naive_continuation
 from app.lens.source import run_source_pass, tokenize
 from app.lens.staggered import can_stagger, decode_staggered
+from tests import reference as oracle
 from tests.conftest import ALL_ARCHITECTURES, words
 from tests.test_engine import assert_same, grid_predictions, naive_grid_cells, random_prompts, texts_for
 
 
 def grid_cells(lens: FutureLens | FixedPromptLens, text: str, layers: list[int]):
-    """Every (layer, token) cell of `text`, layer-major: the engine's cells, their states and the naive inputs."""
+    """Every (layer, token) cell of `text`, layer-major: the engine's cells (from its own source pass and lens), their
+    context keys and the statistics reference."""
     model = lens.model
     source = run_source_pass(model, tokenize(model, text))
     pairs = [(layer, t) for layer in layers for t in range(len(source.token_ids))]
@@ -27,7 +29,7 @@ def grid_cells(lens: FutureLens | FixedPromptLens, text: str, layers: list[int])
     layer_ids = torch.tensor([layer for layer, _ in pairs])
     reference = CellReference(source.next_log_probs, source.next_token_ids, torch.tensor([t for _, t in pairs]))
     cells, keys = lens.patched_cells(states, layer_ids, reference)
-    return cells, keys, [lens.context_embeddings(layer) for layer, _ in pairs], reference
+    return cells, keys, reference
 
 
 def waves_of(n_cells: int, sizes_at: dict[int, int]) -> list[torch.Tensor]:
@@ -57,7 +59,7 @@ def test_waves_match_the_naive_reference_on_every_architecture(tiny_model: Loade
     layers = list(range(n_layers))
     lens = FutureLens(tiny_model, random_prompts(tiny_model, layers, seed=3))
     text = texts_for(tiny_model)[2]
-    cells, _, contexts, reference = grid_cells(lens, text, layers)
+    cells, _, reference = grid_cells(lens, text, layers)
     n_cells = len(cells.states)
     entering = waves_of(n_cells, {0: 2, 1: 3, 3: 1, 4: n_cells})  # uneven waves, a gap, the rest last
     window = attention_window(tiny_model.hf.config)
@@ -65,7 +67,7 @@ def test_waves_match_the_naive_reference_on_every_architecture(tiny_model: Loade
     assert staggerable == (window is None or window >= 10 + n_future - 1), "a shorter sliding window must not stagger"
     by_wave, _ = collect(lens.predict_waves(cells.states, cells.layers, entering, n_future, 4, reference))
     assert sorted(by_wave) == [k for k, members in enumerate(entering) if len(members)]
-    naive = naive_cells(tiny_model, contexts, list(range(n_cells)), cells.layers.tolist(), cells.states, n_future, 4)
+    naive = naive_grid_cells(lens, text, layers, n_future, 4)  # layer-major, as `grid_cells`
     for index, predictions in by_wave.items():
         assert_same(predictions, naive.take(entering[index]))
 
@@ -75,7 +77,7 @@ def test_each_wave_finishes_n_forwards_after_it_enters(request: pytest.FixtureRe
     model: LoadedModel = request.getfixturevalue(model_name)
     layers = list(range(model.adapter.n_layers))
     lens = FutureLens(model, random_prompts(model, layers, seed=4))
-    cells, _, _, _ = grid_cells(lens, words(5, seed=6), layers)
+    cells, _, _ = grid_cells(lens, words(5, seed=6), layers)
     entering = waves_of(len(cells.states), {0: 1, 2: 4, 3: len(cells.states)})
     assert can_stagger(model, cells, 3)
     forwards = []
@@ -90,7 +92,7 @@ def test_each_wave_finishes_n_forwards_after_it_enters(request: pytest.FixtureRe
 def test_stopping_after_the_first_wave_runs_no_more_forwards(tiny_llama: LoadedModel) -> None:
     layers = list(range(tiny_llama.adapter.n_layers))
     lens = FutureLens(tiny_llama, random_prompts(tiny_llama, layers, seed=5))
-    cells, _, _, _ = grid_cells(lens, "Paris is the capital of France", layers)
+    cells, _, _ = grid_cells(lens, "Paris is the capital of France", layers)
     entering = waves_of(len(cells.states), {0: 3, 1: len(cells.states)})
     forwards = []
     with on_block_outputs(tiny_llama.adapter, [0], lambda _layer, hidden: forwards.append(hidden.shape[0])):
@@ -103,7 +105,8 @@ def test_stopping_after_the_first_wave_runs_no_more_forwards(tiny_llama: LoadedM
 def test_first_token_statistics_of_waves_match_a_whole_batch(tiny_llama: LoadedModel) -> None:
     layers = list(range(tiny_llama.adapter.n_layers))
     lens = FixedPromptLens(tiny_llama, "Hello! Could you please tell me more about")
-    cells, _, contexts, reference = grid_cells(lens, "The cat sat on the mat", layers)
+    text = "The cat sat on the mat"
+    cells, _, reference = grid_cells(lens, text, layers)
     n_cells = len(cells.states)
     entering = waves_of(n_cells, {0: 4, 2: n_cells})
     by_wave, _ = collect(lens.predict_waves(cells.states, cells.layers, entering, 2, 3, reference))
@@ -114,7 +117,7 @@ def test_first_token_statistics_of_waves_match_a_whole_batch(tiny_llama: LoadedM
         assert torch.equal(predictions.stats.next_rank, want.stats.next_rank)
         torch.testing.assert_close(predictions.stats.entropy, want.stats.entropy, atol=1e-4, rtol=0)
         torch.testing.assert_close(predictions.stats.kl, want.stats.kl, atol=1e-4, rtol=0)
-    naive = naive_cells(tiny_llama, contexts, list(range(n_cells)), cells.layers.tolist(), cells.states, 2, 3)
+    naive = naive_grid_cells(lens, text, layers, 2, 3)
     assert_same(CellPredictions.concat([by_wave[0], by_wave[2]]), naive)
 
 
@@ -182,7 +185,7 @@ def test_staggered_stats_use_the_cells_own_reference(tiny_llama: LoadedModel) ->
     """The statistics of a wave are measured against its own cells' positions, not the first cells'."""
     layers = list(range(tiny_llama.adapter.n_layers))
     lens = FutureLens(tiny_llama, random_prompts(tiny_llama, layers, seed=10))
-    cells, _, _, reference = grid_cells(lens, "The cat sat on the mat", layers)
+    cells, _, reference = grid_cells(lens, "The cat sat on the mat", layers)
     n_cells = len(cells.states)
     entering = waves_of(n_cells, {0: 2, 1: n_cells})
     by_wave, _ = collect(lens.predict_waves(cells.states, cells.layers, entering, 2, 5, reference))
@@ -218,8 +221,7 @@ def test_continuation_decoded_with_the_first_wave_matches_naive(tiny_model: Load
     for text, n_future in [(texts_for(tiny_model)[2], 3), (long_text, 4), (texts_for(tiny_model)[0], 1)]:
         stream = lens.stream(text, layers="all", n_future=n_future, top_k=3)
         head = stream.head()
-        token_ids = tokenize(tiny_model, text)
-        naive_ids, naive_probs = naive_continuation(tiny_model, token_ids, n_future)
+        naive_ids, naive_probs = oracle.continuation(tiny_model, text, n_future)
         assert [[t.id for t in row] for row in head.continuations] == naive_ids.tolist()
         probs = torch.tensor([[t.prob for t in row] for row in head.continuations])
         torch.testing.assert_close(probs, naive_probs, atol=1e-4, rtol=0)
