@@ -52,6 +52,7 @@ from app.store import new_stored_grid
 from app.web.app import create_app
 from tests.conftest import words
 from tests.export_helpers import sample_grid
+from tests.test_browser import browser  # noqa: F401 (fixture)
 
 SVG = "{http://www.w3.org/2000/svg}"
 ROOT = Path(__file__).resolve().parents[1]
@@ -424,17 +425,8 @@ def test_html_data_island_is_the_selected_cells():
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, missing_browser
-
-    if not CHROMIUM.exists():
-        missing_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+def chromium(browser):  # noqa: F811 (tests/test_browser.py's fixture)
+    return browser
 
 
 @pytest.mark.browser

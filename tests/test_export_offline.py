@@ -18,6 +18,7 @@ from app.export.palette import percent
 from app.export.text import shown
 from app.export.trajectory import TrajectoryError, stored_tracks, stored_trajectory
 from tests.export_helpers import sample_grid
+from tests.test_browser import browser  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -142,17 +143,8 @@ def test_offline_data_holds_the_stored_tracks_of_the_selection():
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, missing_browser
-
-    if not CHROMIUM.exists():
-        missing_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+def chromium(browser):  # noqa: F811 (tests/test_browser.py's fixture)
+    return browser
 
 
 def open_offline(chromium, path: Path, width: int, height: int):
