@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTJConfig, PretrainedConfig
 
-from app.lens.architectures import block_output_tensor
-from app.lens.lenses import FutureLens
-from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, converted_dir, load_model, resolve_dtype, wrap_model
-from app.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
-from app.lens.source import run_source_pass, tokenize
-from app.lens.tracing import save
+from future_lens.lens.architectures import block_output_tensor
+from future_lens.lens.lenses import FutureLens
+from future_lens.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, converted_dir, load_model, resolve_dtype, wrap_model
+from future_lens.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
+from future_lens.lens.source import run_source_pass, tokenize
+from future_lens.lens.tracing import save
 
 BASE_TEXT = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "

@@ -30,7 +30,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, load_model, prepare_gguf_cache, wrap_model
+from future_lens.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, load_model, prepare_gguf_cache, wrap_model
 from tests.postgres_helpers import PostgresServer, missing_postgres, postgres_bin_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -160,7 +160,7 @@ def _llama_like(config_class: type[PretrainedConfig], **extra: object) -> Pretra
 # local attention really drops positions.
 SHORT_WINDOW = 4
 
-#: The other advertised families (`app/lens/architectures.py`): config builders for tiny random models.
+#: The other advertised families (`future_lens/lens/architectures.py`): config builders for tiny random models.
 TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "mistral": lambda: _llama_like(MistralConfig, sliding_window=SHORT_WINDOW),
     "qwen2": lambda: _llama_like(
@@ -216,7 +216,7 @@ def tiny_model_named(request: pytest.FixtureRequest, name: str) -> LoadedModel:
 
 
 TINY_MODELS = ["tiny_gptj", "tiny_llama", "tiny_gpt2"]
-#: A tiny model of every family in `app.lens.architectures.ARCHITECTURES` (fixture names, `TINY_CONFIGS` keys):
+#: A tiny model of every family in `future_lens.lens.architectures.ARCHITECTURES` (fixture names, `TINY_CONFIGS` keys):
 #: `@pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)`. Sliding windows (4) are shorter than
 #: the lens contexts, so the engine's caches must keep every prefix position (`engine.full_cache`).
 ALL_ARCHITECTURES = [*TINY_MODELS, *TINY_CONFIGS]

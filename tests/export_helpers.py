@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from app.lens.grid import Cell, Grid, ModelInfo, TokenProb, TokenText
+from future_lens.lens.grid import Cell, Grid, ModelInfo, TokenProb, TokenText
 
 HOSTILE_TEXTS = [
     "<script>alert(1)</script>",

@@ -1,7 +1,7 @@
 """The test oracle: what each lens computes, written again from the documented method, slowly and plainly.
 
 It shares nothing with the engine but the model object (`model.hf`, the HF causal LM, and `model.tokenizer`): no
-import from `app.lens`. Everything the engine derives is derived here again, so a bug in one place shows up as a
+import from `future_lens.lens`. Everything the engine derives is derived here again, so a bug in one place shows up as a
 difference instead of passing both sides:
 
 - tokens: the tokenizer without special tokens (`\\r\\n` read as `\\n`), preceded by the context prefix, the paper's

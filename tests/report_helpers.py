@@ -37,7 +37,7 @@ PROTOCOL = "teacher_forced: the model's own greedy tokens fed before offset N, p
 
 
 def reliability(bins: list[tuple[int, float]]) -> dict:
-    """The `reliability()` layout of app/training/metrics.py for given (count, accuracy) per bin."""
+    """The `reliability()` layout of future_lens/training/metrics.py for given (count, accuracy) per bin."""
     rows = [
         {"low": i / 10, "high": (i + 1) / 10, "count": count, "confidence": i / 10 + 0.05, "accuracy": accuracy}
         for i, (count, accuracy) in enumerate(bins)

@@ -7,9 +7,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.service import LensService
-from app.web.app import create_app
+from future_lens.server.config import Settings
+from future_lens.service import LensService
+from future_lens.server.web.app import create_app
 
 
 @pytest.fixture(scope="module")

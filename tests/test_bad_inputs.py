@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings, get_limits
-from app.web.app import create_app
+from future_lens.server.config import Settings, get_limits
+from future_lens.server.web.app import create_app
 from tests.webapp_helpers import service_with_prompts
 
 pytestmark = pytest.mark.embedded
@@ -234,7 +234,7 @@ def test_a_body_of_exactly_the_limit_is_accepted(client):
 
 def test_booleans_are_not_numbers() -> None:
     """Found by schemathesis: `true` must not pass as N or top_k = 1."""
-    from app.service import InvalidRequestError, parse_request
+    from future_lens.service import InvalidRequestError, parse_request
 
     for name in ("n_future", "top_k"):
         with pytest.raises(InvalidRequestError, match=name):

@@ -7,7 +7,7 @@ import json
 
 from starlette.types import Message, Receive, Scope, Send
 
-from app.web.bodylimit import BodySizeLimitMiddleware
+from future_lens.server.web.bodylimit import BodySizeLimitMiddleware
 
 LIMIT = 100
 

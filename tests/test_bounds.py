@@ -21,11 +21,11 @@ from urllib.parse import urlencode
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings, get_limits
-from app.lens.layers import LayerSpecError, max_list_entries, max_spec_chars, parse_layers
-from app.service import GridRequest, LensService
-from app.web.app import create_app
-from app.web.errors import MAX_FIELD_CHARS, first_validation_error
+from future_lens.server.config import Settings, get_limits
+from future_lens.lens.layers import LayerSpecError, max_list_entries, max_spec_chars, parse_layers
+from future_lens.service import GridRequest, LensService
+from future_lens.server.web.app import create_app
+from future_lens.server.web.errors import MAX_FIELD_CHARS, first_validation_error
 from tests.conftest import words
 
 LIMITS = get_limits()

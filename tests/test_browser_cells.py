@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import Settings
-from app.service import LensService
-from app.web.app import create_app
+from future_lens.server.config import Settings
+from future_lens.service import LensService
+from future_lens.server.web.app import create_app
 from tests.server_helpers import serving
 from tests.test_browser import ARTIFACTS, XSS_TEXT, Watched
 from tests.test_browser import browser as chromium_browser

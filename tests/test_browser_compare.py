@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.lens.layers import strided_layers
+from future_lens.lens.layers import strided_layers
 from tests.test_browser import ARTIFACTS, Watched, browser  # noqa: F401 (fixture)
 from tests.test_browser_stream import served  # noqa: F401 (fixture)
 from tests.test_compare import expected_differing

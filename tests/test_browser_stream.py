@@ -12,8 +12,8 @@ import time
 import pytest
 import uvicorn
 
-from app.config import Settings
-from app.web.app import create_app
+from future_lens.server.config import Settings
+from future_lens.server.web.app import create_app
 from tests.test_browser import ARTIFACTS, Watched, browser  # noqa: F401 (fixture)
 from tests.webapp_helpers import service_with_prompts
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings, get_limits
-from app.service import LensService
-from app.web.app import create_app
+from future_lens.server.config import Settings, get_limits
+from future_lens.service import LensService
+from future_lens.server.web.app import create_app
 from tests.webapp_helpers import random_prompt_dir
 
 pytestmark = pytest.mark.embedded
@@ -158,7 +158,7 @@ def test_the_code_behind_a_cell_reproduces_it(client, checkpoints, tmp_path, met
     answer = client.get(f"/g/{grid['id']}/code.py", params={"layer": layer, "position": position})
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/x-python")
     code = answer.text
-    assert "import app" not in code and "from app" not in code  # plain transformers + nnsight
+    assert "future_lens" not in code and "from app" not in code  # plain transformers + nnsight
     compile(code, "cell.py", "exec")
     ids, probs = run_snippet(code, tmp_path, checkpoints)
     cell = grid["cells"][LAYERS.index(layer)][position]

@@ -1,4 +1,4 @@
-"""The notebook client (`future_lens_client`): against a live server on loopback (real uvicorn, real HTTP) and
+"""The notebook client (`future_lens.client`): against a live server on loopback (real uvicorn, real HTTP) and
 in-process, on the embedded model with random soft prompts. Both give the same cells; figures, HTML, trajectories
 and code come from the server's routes or the same export code; refusals name the field in both modes."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
-from app.service import LensService
-from app.web.app import create_app
-from future_lens_client import Grid, LensRequestError, lens
-from future_lens_client.grid import PANDAS_MISSING
+from future_lens.server.config import Settings
+from future_lens.service import LensService
+from future_lens.server.web.app import create_app
+from future_lens.client import Grid, LensRequestError, lens
+from future_lens.client.grid import PANDAS_MISSING
 from tests.server_helpers import serving
 from tests.webapp_helpers import random_prompt_dir
 
@@ -190,7 +190,8 @@ def test_the_client_imports_no_server_code_until_it_computes_in_process():
     import sys
 
     probe = (
-        "import sys, future_lens_client; print(sorted(m for m in sys.modules if m == 'app' or m.startswith('app.')))"
+        "import sys, future_lens.client; "
+        "print(sorted(m for m in sys.modules if m.startswith(('future_lens.server', 'future_lens.lens', 'torch'))))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Comparing two grids: the pure diff (app/lens/diff.py) on hand-made grids, checked against an independent
+"""Comparing two grids: the pure diff (future_lens/lens/diff.py) on hand-made grids, checked against an independent
 reading of the grids' JSON; and the compare pages and JSON (`/compare/{a}/{b}`, `.json`, `POST /compare`)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.lens.diff import DIFF_SCHEMA, diff_grids, select_rows
-from app.lens.grid import Cell, Grid, ModelInfo, TokenProb, TokenText
-from app.web.app import create_app
+from future_lens.server.config import Settings
+from future_lens.lens.diff import DIFF_SCHEMA, diff_grids, select_rows
+from future_lens.lens.grid import Cell, Grid, ModelInfo, TokenProb, TokenText
+from future_lens.server.web.app import create_app
 from tests.webapp_helpers import service_with_prompts
 
 MODEL = ModelInfo(id="m", n_layers=6, d_model=4, dtype="float32", fingerprint="0" * 16)

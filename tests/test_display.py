@@ -1,4 +1,4 @@
-"""Invisible characters made visible (app/lens/display.py): the one table the CLI, the page, its popovers and the
+"""Invisible characters made visible (future_lens/lens/display.py): the one table the CLI, the page, its popovers and the
 exports read. Every space, separator, format and control character gets a visible, non-empty mark; the popover
 names the unusual ones by code point."""
 
@@ -9,11 +9,11 @@ import unicodedata
 
 import pytest
 
-from app.export.text import shown
-from app.lens import display
-from app.lens.display import WHITESPACE_MARKS, visible_whitespace
-from app.lens.grid import Cell, Grid, ModelInfo, TokenProb, TokenText
-from app.web.render import grid_view, marked_text
+from future_lens.export.text import shown
+from future_lens.lens import display
+from future_lens.lens.display import WHITESPACE_MARKS, visible_whitespace
+from future_lens.lens.grid import Cell, Grid, ModelInfo, TokenProb, TokenText
+from future_lens.server.web.render import grid_view, marked_text
 
 ZERO_WIDTH = [0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]
 BIDI = [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]

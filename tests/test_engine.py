@@ -11,14 +11,14 @@ import dataclasses
 import pytest
 import torch
 
-import app.lens.grid
-import app.lens.source
-from app.lens.architectures import ARCHITECTURES
-from app.lens.engine import CellPredictions, PatchedCells, decode_patched
-from app.lens.lenses import FixedPromptLens, FutureLens, PatchedContextLens
-from app.lens.models import LoadedModel, wrap_model
-from app.lens.prompts import SoftPromptSet
-from app.lens.source import tokenize
+import future_lens.lens.grid
+import future_lens.lens.source
+from future_lens.lens.architectures import ARCHITECTURES
+from future_lens.lens.engine import CellPredictions, PatchedCells, decode_patched
+from future_lens.lens.lenses import FixedPromptLens, FutureLens, PatchedContextLens
+from future_lens.lens.models import LoadedModel, wrap_model
+from future_lens.lens.prompts import SoftPromptSet
+from future_lens.lens.source import tokenize
 from tests import reference as oracle
 from tests.conftest import ALL_ARCHITECTURES, TEST_DEVICE, tiny_model_named, words
 
@@ -197,7 +197,7 @@ def test_chunk_rows_are_sized_from_the_model_shape_and_free_memory(embedded_dir)
     """GPT-J-6B in bf16 at P=10, N=8: ~8 GB of KV cache per 1024 rows; chunks fit the memory share and the caps."""
     from transformers import AutoConfig, GPTJConfig
 
-    from app.lens.engine import MAX_CHUNK_ROWS, MEMORY_SHARE, bytes_per_row, rows_that_fit
+    from future_lens.lens.engine import MAX_CHUNK_ROWS, MEMORY_SHARE, bytes_per_row, rows_that_fit
 
     gptj = bytes_per_row(GPTJConfig(), torch.bfloat16, positions=10 + 8 - 1)
     kv_only = 28 * 2 * 16 * 256 * 17 * 2  # blocks × (K, V) × heads × head_dim × positions × bytes
@@ -220,7 +220,7 @@ def test_chunk_rows_are_sized_from_the_model_shape_and_free_memory(embedded_dir)
 def engine_fed_reference(lens: PatchedContextLens, text: str, layers: list[int], n_future: int, top_k: int):
     """What the old reference checked: the naive decode fed the engine's own source pass, tokens and contexts."""
     model = lens.model
-    source = app.lens.source.run_source_pass(model, tokenize(model, text))
+    source = future_lens.lens.source.run_source_pass(model, tokenize(model, text))
     pairs = [(layer, t) for layer in layers for t in range(len(source.token_ids))]
     contexts = [lens.context_embeddings(layer) for layer, _ in pairs]
     states = torch.stack([source.hidden[layer, t] for layer, t in pairs])
@@ -243,15 +243,15 @@ def test_oracle_catches_source_states_off_by_one_position(
         naive_grid_cells(lens, text, layers, 2, 3),
     )
 
-    real = app.lens.source.run_source_pass
+    real = future_lens.lens.source.run_source_pass
 
     def off_by_one(model, token_ids, keep_cache=False):
         source = real(model, token_ids, keep_cache=keep_cache)
         source.hidden = torch.cat([source.hidden[:, :1], source.hidden[:, :-1]], dim=1)
         return source
 
-    monkeypatch.setattr(app.lens.source, "run_source_pass", off_by_one)
-    monkeypatch.setattr(app.lens.grid, "run_source_pass", off_by_one)
+    monkeypatch.setattr(future_lens.lens.source, "run_source_pass", off_by_one)
+    monkeypatch.setattr(future_lens.lens.grid, "run_source_pass", off_by_one)
     faulty = grid_predictions(lens.grid(text, layers=layers, n_future=2, top_k=3))
     assert_same(faulty, engine_fed_reference(lens, text, layers, 2, 3))  # the old reference: blind to it
     with pytest.raises(AssertionError):

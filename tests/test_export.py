@@ -1,4 +1,4 @@
-"""Exports of a grid (app/export): SVG, PNG, CSV (and back), offline HTML; through the API, the page and the CLI.
+"""Exports of a grid (future_lens/export): SVG, PNG, CSV (and back), offline HTML; through the API, the page and the CLI.
 
 Most tests use hand-made grids whose token text is hostile (markup, quotes, control characters, wide characters);
 the API and CLI tests compute real grids with a tiny random GPT-J, so nothing here needs the embedded model. The
@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.config import Settings
-from app.export import (
+from future_lens.server.cli import cli
+from future_lens.server.config import Settings
+from future_lens.export import (
     GridCsvError,
     PngSizeError,
     Selection,
@@ -42,14 +42,14 @@ from app.export import (
     select,
     svg_png,
 )
-from app.export.html import content_security_policy, css, script
-from app.export.png import font_files, png_size
-from app.export.svg import MAX_COLUMNS
-from app.export.text import pieces, shown, width
-from app.lens.grid import Grid
-from app.service import LensService
-from app.store import new_stored_grid
-from app.web.app import create_app
+from future_lens.export.html import content_security_policy, css, script
+from future_lens.export.png import font_files, png_size
+from future_lens.export.svg import MAX_COLUMNS
+from future_lens.export.text import pieces, shown, width
+from future_lens.lens.grid import Grid
+from future_lens.service import LensService
+from future_lens.server.store import new_stored_grid
+from future_lens.server.web.app import create_app
 from tests.conftest import words
 from tests.export_helpers import sample_grid
 from tests.test_browser import browser  # noqa: F401 (fixture)
@@ -134,7 +134,7 @@ def test_svg_uses_the_pages_colours_and_marks_matches():
 
 
 def test_the_page_css_has_the_palettes_colours():
-    """static/lens.css spells the shades out (no build step): it must agree with app/export/palette.py."""
+    """static/lens.css spells the shades out (no build step): it must agree with future_lens/export/palette.py."""
     page_css = (ROOT / "static" / "lens.css").read_text()
     for bucket, (blue, grey) in enumerate(zip(palette.SHADES, palette.BORROWED_SHADES, strict=True)):
         blue_rule = re.search(

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from app.export import grid_html, select
-from app.export.html import content_security_policy, css, page_asset, script
-from app.export.palette import percent
-from app.export.text import shown
-from app.export.trajectory import TrajectoryError, stored_tracks, stored_trajectory
+from future_lens.export import grid_html, select
+from future_lens.export.html import content_security_policy, css, page_asset, script
+from future_lens.export.palette import percent
+from future_lens.export.text import shown
+from future_lens.export.trajectory import TrajectoryError, stored_tracks, stored_trajectory
 from tests.export_helpers import sample_grid
 from tests.test_browser import browser  # noqa: F401 (fixture)
 
@@ -63,7 +63,7 @@ def test_offline_file_inlines_the_pages_popover_script_and_finds_it_in_the_check
 
 
 def test_package_data_ships_the_pages_files():
-    """An installed package has no static/: the export reads the page's files from app/export/page/, which the
+    """An installed package has no static/: the export reads the page's files from future_lens/export/page/, which the
     source checkout links to static/ and the wheel carries (pyproject's package-data)."""
     text = (ROOT / "pyproject.toml").read_text()
     shipped = re.search(r'"app\.export" = \[(.*?)\]', text).group(1)
@@ -76,8 +76,8 @@ def test_package_data_ships_the_pages_files():
 
 def test_an_installed_package_without_the_pages_files_reads_them_from_the_assets_folder(tmp_path, monkeypatch):
     """A wheel built where static/ was absent (the Dockerfile installs the package before copying static/) has no
-    app/export/page/: the export then reads the assets folder's static/, like the web app, else says what to set."""
-    from app.export import html
+    future_lens/export/page/: the export then reads the assets folder's static/, like the web app, else says what to set."""
+    from future_lens.export import html
 
     package = tmp_path / "site" / "app" / "export"
     (package / "static").mkdir(parents=True)

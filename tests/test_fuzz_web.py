@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.config import Settings
-from app.service import LensService
-from app.web.app import create_app
+from future_lens.server.config import Settings
+from future_lens.service import LensService
+from future_lens.server.web.app import create_app
 
 PAGE_SCRIPTS = 3  # htmx, lens.js and cells.js: the only <script> elements a full page has
 FRAGMENT_SCRIPTS = 0

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, PAPER_FIXED_PROMPT
-from app.service import LensService
-from app.store import new_stored_grid
-from app.web.app import create_app
-from app.web.reports import Calibration, CalibrationBin, calibration_reversal, reversal_note
+from future_lens.server.config import Settings
+from future_lens.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, PAPER_FIXED_PROMPT
+from future_lens.service import LensService
+from future_lens.server.store import new_stored_grid
+from future_lens.server.web.app import create_app
+from future_lens.server.web.reports import Calibration, CalibrationBin, calibration_reversal, reversal_note
 from tests.export_helpers import sample_grid
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.lens.continuation import model_continuations
-from app.lens.grid import SCHEMA, Grid
-from app.lens.lenses import FixedPromptLens, FutureLens, LogitLens, PatchedContextLens
-from app.lens.models import LoadedModel
-from app.lens.source import run_source_pass, tokenize
+from future_lens.lens.continuation import model_continuations
+from future_lens.lens.grid import SCHEMA, Grid
+from future_lens.lens.lenses import FixedPromptLens, FutureLens, LogitLens, PatchedContextLens
+from future_lens.lens.models import LoadedModel
+from future_lens.lens.source import run_source_pass, tokenize
 from tests import reference as oracle
 from tests.conftest import ALL_ARCHITECTURES, words
 from tests.test_engine import oracle_target, random_prompts, texts_for

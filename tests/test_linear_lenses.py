@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.lens.layers import parse_layers
-from app.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, IdentityPatchscope
-from app.lens.linear import (
+from future_lens.lens.layers import parse_layers
+from future_lens.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, IdentityPatchscope
+from future_lens.lens.linear import (
     JacobianLens,
     LinearLensArtifactError,
     LinearMaps,
@@ -19,10 +19,10 @@ from app.lens.linear import (
     load_linear_maps,
     save_linear_maps,
 )
-from app.lens.models import LoadedModel
-from app.lens.source import tokenize
-from app.training.data import DataConfig, prepare_dataset
-from app.training.linear_fit import fit_jacobian_lens, fit_tuned_lens, jacobian_sums, tuned_lens_loss
+from future_lens.lens.models import LoadedModel
+from future_lens.lens.source import tokenize
+from future_lens.training.data import DataConfig, prepare_dataset
+from future_lens.training.linear_fit import fit_jacobian_lens, fit_tuned_lens, jacobian_sums, tuned_lens_loss
 from tests.conftest import words
 from tests.test_engine import assert_same, grid_predictions, naive_grid_cells
 
@@ -65,7 +65,7 @@ def test_tuned_lens_cells_equal_a_hand_written_readout(tiny_llama: LoadedModel) 
 
 
 def test_identity_maps_read_like_the_logit_lens(tiny_llama: LoadedModel) -> None:
-    from app.lens import LogitLens
+    from future_lens.lens import LogitLens
 
     n, d = tiny_llama.adapter.n_layers, tiny_llama.adapter.d_model
     identity = LinearMaps("jacobian", torch.eye(d).repeat(n, 1, 1), torch.zeros(n, d))
@@ -185,7 +185,7 @@ def test_fitting_the_tuned_lens_lowers_its_loss(tiny_gptj: LoadedModel, tmp_path
     maps, losses = fit_tuned_lens(tiny_gptj, train, examples=640, batch=16, lr=1e-2, progress=False)
     n, d = tiny_gptj.adapter.n_layers, tiny_gptj.adapter.d_model
     states = train.states.float()
-    from app.training.linear_fit import final_log_probs
+    from future_lens.training.linear_fit import final_log_probs
 
     target = final_log_probs(tiny_gptj, train.future_final[:, 0])
     with torch.no_grad():
@@ -198,7 +198,7 @@ def test_fitting_the_tuned_lens_lowers_its_loss(tiny_gptj: LoadedModel, tmp_path
 def test_cli_fits_both_linear_lenses_and_evaluates_them(tiny_gptj: LoadedModel, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from app.cli import cli
+    from future_lens.server.cli import cli
 
     model_dir = tmp_path / "tiny-gptj"
     tiny_gptj.hf.save_pretrained(model_dir)
@@ -227,13 +227,13 @@ def test_cli_fits_both_linear_lenses_and_evaluates_them(tiny_gptj: LoadedModel, 
 
 
 def load_model_dir(path: Path) -> LoadedModel:
-    from app.lens import load_model
+    from future_lens.lens import load_model
 
     return load_model(str(path))
 
 
 def test_service_serves_the_new_methods_and_names_a_missing_artifact(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    from app.service import GridRequest, InvalidRequestError, LensService
+    from future_lens.service import GridRequest, InvalidRequestError, LensService
 
     service = LensService(tiny_llama, prompt_dir=tmp_path)
     assert service.available_methods() == ["logit", "fixed", "identity"]  # no prompts, no fitted maps yet

@@ -28,20 +28,20 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.config import Settings
-from app.export.csv import grid_from_csv
-from app.lens.engine import CellPredictions, CellReference
-from app.lens.grid import Grid
-from app.lens.layers import strided_layers
-from app.lens.lenses import Lens
-from app.lens.linear import LinearMaps, save_linear_maps
-from app.lens.models import LoadedModel, load_model
-from app.lens.prompts import PromptArtifactError
-from app.lens.registry import LensSpec, lens_spec, lens_specs, registered
-from app.service import InvalidRequestError, LensService, parse_request
-from app.web.app import create_app
-from app.web.ratelimit import model_time_routes
+from future_lens.server.cli import cli
+from future_lens.server.config import Settings
+from future_lens.export.csv import grid_from_csv
+from future_lens.lens.engine import CellPredictions, CellReference
+from future_lens.lens.grid import Grid
+from future_lens.lens.layers import strided_layers
+from future_lens.lens.lenses import Lens
+from future_lens.lens.linear import LinearMaps, save_linear_maps
+from future_lens.lens.models import LoadedModel, load_model
+from future_lens.lens.prompts import PromptArtifactError
+from future_lens.lens.registry import LensSpec, lens_spec, lens_specs, registered
+from future_lens.service import InvalidRequestError, LensService, parse_request
+from future_lens.server.web.app import create_app
+from future_lens.server.web.ratelimit import model_time_routes
 from tests.conftest import tiny_llama_config
 from tests.server_helpers import serving
 from tests.test_browser import Watched, browser  # noqa: F401 (fixture)
@@ -376,7 +376,7 @@ def door_cli(world: World, case: Case) -> None:
 
 
 def door_client(world: World, case: Case) -> None:
-    from future_lens_client import lens
+    from future_lens.client import lens
 
     fields = {k: v for k, v in case.fields().items() if k != "text"}
     remote = lens(TEXT, server=world.base, layers=world.layers, **fields)
@@ -610,7 +610,7 @@ def test_only_the_inference_worker_touches_the_model(world: World) -> None:
 
 
 def test_a_stale_artifact_is_refused_from_its_header_and_never_read(world: World, tmp_path, monkeypatch) -> None:
-    import app.lens.linear as linear
+    import future_lens.lens.linear as linear
 
     other = LoadedModel(**{**vars(world.service.model), "fingerprint": "someone-else"})
     save_linear_maps(tmp_path, other, LinearMaps("tuned", torch.eye(64).expand(3, 64, 64), torch.zeros(3, 64)))
@@ -679,9 +679,9 @@ def test_the_docs_table_is_the_registry() -> None:
     assert with_toy_removed  # the toy is registered for this module: the docs list the real ones
     shipped = Path(__file__).resolve().parents[1] / "docs" / "lenses.md"
     generated = subprocess.run(
-        [sys.executable, "-m", "app.lens.registry"], capture_output=True, text=True, check=True, cwd=shipped.parents[1]
+        [sys.executable, "-m", "future_lens.lens.registry"], capture_output=True, text=True, check=True, cwd=shipped.parents[1]
     ).stdout
-    assert shipped.read_text() == generated, "docs/lenses.md is stale: python -m app.lens.registry > docs/lenses.md"
+    assert shipped.read_text() == generated, "docs/lenses.md is stale: python -m future_lens.lens.registry > docs/lenses.md"
     for spec in with_toy_removed:
         assert f"`{spec.name}`" in generated and spec.label in generated
 

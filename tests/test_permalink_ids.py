@@ -9,12 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.retention import DAY_S, RetentionJanitor, retention_policy
-from app.service import LensService, parse_request
-from app.store import RetentionPolicy, SQLiteGridStore, StoredGrid, grid_id, new_stored_grid
-from app.web.app import create_app
-from app.web.keeper import grid_document_json
+from future_lens.server.config import Settings
+from future_lens.server.retention import DAY_S, RetentionJanitor, retention_policy
+from future_lens.service import LensService, parse_request
+from future_lens.server.store import RetentionPolicy, SQLiteGridStore, StoredGrid, grid_id, new_stored_grid
+from future_lens.server.web.app import create_app
+from future_lens.server.web.keeper import grid_document_json
 
 BODY = {"text": "Same text, same id", "method": "logit", "layers": "all"}
 SECRET = "a-deployment-secret-0123456789"

@@ -1,4 +1,4 @@
-"""The public lens API (`app.lens`): the README's example runs, nnsight stays contained, layering holds."""
+"""The public lens API (`future_lens.lens`): the README's example runs, nnsight stays contained, layering holds."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.atomic import atomic_path, atomic_write_json
-from app.lens import FixedPromptLens, FutureLens, LogitLens, load_soft_prompts
-from app.lens.prompts import default_prompt_dir
+from future_lens.atomic import atomic_path, atomic_write_json
+from future_lens.lens import FixedPromptLens, FutureLens, LogitLens, load_soft_prompts
+from future_lens.lens.prompts import default_prompt_dir
 from tests.conftest import words
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_lens_identity_names_what_determines_the_cells(tiny_gpt2) -> None:
 def test_importing_the_app_mounts_nothing_on_python_objects() -> None:
     """nnsight's `.save` mount is off, so anyio (the web server) imports after it; nothing uses nnsight's privates."""
     code = (
-        "import app.web.app, app.lens.source, nnsight, anyio._backends._asyncio, anyio.streams.tls;"
+        "import future_lens.server.web.app, future_lens.lens.source, nnsight, anyio._backends._asyncio, anyio.streams.tls;"
         "assert not hasattr(object, 'save'), 'nnsight mounted .save on object';"
         "assert not nnsight.CONFIG.APP.PYMOUNT"
     )
@@ -81,7 +81,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_engine_imports_no_web_store_or_training_code() -> None:
     for path in (ROOT / "app" / "lens").glob("*.py"):
         forbidden = {
-            name for name in imported_modules(path) if name.startswith(("app.web", "app.store", "app.training"))
+            name for name in imported_modules(path) if name.startswith(("future_lens.server.web", "future_lens.server.store", "future_lens.training"))
         }
         assert not forbidden, f"{path.name} imports {forbidden}"
 
@@ -89,7 +89,7 @@ def test_the_engine_imports_no_web_store_or_training_code() -> None:
 @pytest.mark.parametrize("command", ["train", "eval", "grid"])
 def test_python_dash_m_cli_knows_every_command(command: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "future_lens.server.cli", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Usage" in done.stdout and "No such command" not in done.stdout + done.stderr
@@ -111,8 +111,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
 
 def test_permalink_id_includes_the_lens_semantics_version(tiny_gpt2, monkeypatch) -> None:
     """A fix that changes what lenses compute bumps `LENS_SEMANTICS`: old ids then never serve the new grids."""
-    from app import service
-    from app.store import grid_id
+    from future_lens import service
+    from future_lens.server.store import grid_id
 
     planned = service.LensService(tiny_gpt2).plan(service.parse_request(text=words(2), method="logit"))
     before = grid_id(planned.canonical())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.service import LensService
-from app.web.app import create_app
-from app.web.ratelimit import TokenBuckets
+from future_lens.server.config import Settings
+from future_lens.service import LensService
+from future_lens.server.web.app import create_app
+from future_lens.server.web.ratelimit import TokenBuckets
 
 
 class Clock:

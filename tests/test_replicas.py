@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.store import SECRET_NAME, grid_id
+from future_lens.server.store import SECRET_NAME, grid_id
 from benchmarks.serving import ServerProcess
 from tests.postgres_helpers import PostgresServer
 

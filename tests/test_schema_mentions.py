@@ -1,4 +1,4 @@
-"""Every mention of the grid schema's version comes from the one constant (`app.lens.grid.SCHEMA`): the README,
+"""Every mention of the grid schema's version comes from the one constant (`future_lens.lens.grid.SCHEMA`): the README,
 docs, templates and code say the version the code writes; the OpenAPI description, /docs and /about show it."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.lens.grid import SCHEMA
-from app.service import LensService
-from app.web.api import GridDocument
-from app.web.app import DESCRIPTION, create_app
+from future_lens.server.config import Settings
+from future_lens.lens.grid import SCHEMA
+from future_lens.service import LensService
+from future_lens.server.web.api import GridDocument
+from future_lens.server.web.app import DESCRIPTION, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 MENTION = re.compile(r"future-lens\.grid/\d+")
@@ -22,7 +22,7 @@ ABOUT_OLDER_VERSIONS = ("Changes from", "older")
 
 
 def scanned_files() -> list[Path]:
-    files = [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("app/**/*.py")]
+    files = [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("future_lens/**/*.py")]
     files += [path for path in ROOT.glob("templates/**/*") if path.is_file()]
     return sorted(files)
 
@@ -40,7 +40,7 @@ def stale_lines(text: str) -> list[tuple[int, str]]:
 
 def test_the_scan_covers_the_places_that_mention_the_schema():
     names = {path.relative_to(ROOT).as_posix() for path in scanned_files()}
-    assert {"README.md", "docs/grid-format.md", "templates/about.html", "app/web/app.py", "app/lens/grid.py"} <= names
+    assert {"README.md", "docs/grid-format.md", "templates/about.html", "future_lens/server/web/app.py", "future_lens/lens/grid.py"} <= names
 
 
 def test_every_mention_of_the_grid_schema_is_the_current_one():

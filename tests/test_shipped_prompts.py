@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from app.lens import FutureLens
-from app.lens.prompts import default_prompt_dir
-from app.training.regression import SLICE_FILE, replay_regression_slice
+from future_lens.lens import FutureLens
+from future_lens.lens.prompts import default_prompt_dir
+from future_lens.training.regression import SLICE_FILE, replay_regression_slice
 
 
 @pytest.mark.embedded

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.lens.architectures import attention_window
-from app.lens.engine import CellPredictions, CellReference, PatchedCells
-from app.lens.grid import first_rows, stream_waves
-from app.lens.interventions import on_block_outputs
-from app.lens.lenses import FixedPromptLens, FutureLens, LogitLens
-from app.lens.models import LoadedModel
-from app.lens.source import run_source_pass, tokenize
-from app.lens.staggered import can_stagger, decode_staggered
+from future_lens.lens.architectures import attention_window
+from future_lens.lens.engine import CellPredictions, CellReference, PatchedCells
+from future_lens.lens.grid import first_rows, stream_waves
+from future_lens.lens.interventions import on_block_outputs
+from future_lens.lens.lenses import FixedPromptLens, FutureLens, LogitLens
+from future_lens.lens.models import LoadedModel
+from future_lens.lens.source import run_source_pass, tokenize
+from future_lens.lens.staggered import can_stagger, decode_staggered
 from tests import reference as oracle
 from tests.conftest import ALL_ARCHITECTURES, words
 from tests.test_engine import assert_same, grid_predictions, naive_grid_cells, random_prompts, texts_for

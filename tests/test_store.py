@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.service import LensService
-from app.store import (
+from future_lens.server.config import Settings
+from future_lens.service import LensService
+from future_lens.server.store import (
     PG_SCHEMA_VERSION,
     TOUCH_EVERY_S,
     GridStore,
@@ -32,7 +32,7 @@ from app.store import (
     grid_id,
     is_grid_id,
 )
-from app.web.app import create_app, open_store
+from future_lens.server.web.app import create_app, open_store
 from tests.postgres_helpers import PostgresServer
 
 BACKENDS = ["memory", "sqlite", "postgresql"]

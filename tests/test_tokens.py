@@ -9,10 +9,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from app.lens.grid import Grid
-from app.lens.source import normalize_text
-from app.lens.tokens import RenderedToken, TokenRenderer, bytes_to_unicode, scheme_of
-from app.service import InvalidRequestError, parse_request
+from future_lens.lens.grid import Grid
+from future_lens.lens.source import normalize_text
+from future_lens.lens.tokens import RenderedToken, TokenRenderer, bytes_to_unicode, scheme_of
+from future_lens.service import InvalidRequestError, parse_request
 from tests.conftest import word_tokenizer
 
 ESCAPE = re.compile(r"\\x([0-9a-f]{2})")

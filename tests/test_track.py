@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.lens import FixedPromptLens, FutureLens, Lens, LogitLens, Track
-from app.lens.architectures import block_output_tensor
-from app.lens.lenses import PatchedContextLens
-from app.lens.models import LoadedModel
-from app.lens.source import tokenize
-from app.lens.tracing import save
+from future_lens.lens import FixedPromptLens, FutureLens, Lens, LogitLens, Track
+from future_lens.lens.architectures import block_output_tensor
+from future_lens.lens.lenses import PatchedContextLens
+from future_lens.lens.models import LoadedModel
+from future_lens.lens.source import tokenize
+from future_lens.lens.tracing import save
 from tests.conftest import words
 from tests.test_engine import random_prompts
 

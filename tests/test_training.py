@@ -10,16 +10,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.config import get_limits
-from app.lens.models import LoadedModel
-from app.lens.prompts import load_soft_prompts, read_manifest
-from app.training import train as train_module
-from app.training.baselines import bigram_table, ridge
-from app.training.data import DataConfig, Dataset, Examples, prepare_dataset, split_documents
-from app.training.objective import kl_divergence, original_log_probs, patched_logits
-from app.training.plot import figure_data, learning_curve_data
-from app.training.train import TrainConfig, group_loss, init_prompts, train_prompts
+from future_lens.server.cli import cli
+from future_lens.server.config import get_limits
+from future_lens.lens.models import LoadedModel
+from future_lens.lens.prompts import load_soft_prompts, read_manifest
+from future_lens.training import train as train_module
+from future_lens.training.baselines import bigram_table, ridge
+from future_lens.training.data import DataConfig, Dataset, Examples, prepare_dataset, split_documents
+from future_lens.training.objective import kl_divergence, original_log_probs, patched_logits
+from future_lens.training.plot import figure_data, learning_curve_data
+from future_lens.training.train import TrainConfig, group_loss, init_prompts, train_prompts
 from tests.conftest import words
 
 
@@ -256,7 +256,7 @@ def test_prompts_train_in_float32_on_a_bf16_model(tiny_gptj, corpus, tmp_path):
     """AdamW's steps of ~lr (1e-5 here) survive: in a bf16 prompt (~0.4 % resolution) they would round away."""
     import copy
 
-    from app.lens.models import wrap_model
+    from future_lens.lens.models import wrap_model
 
     bf16 = wrap_model("tiny-gptj-bf16", copy.deepcopy(tiny_gptj.hf).to(torch.bfloat16), tiny_gptj.tokenizer)
     dataset = tiny_dataset(bf16, corpus, n_train=8, n_dev=4)
@@ -270,9 +270,9 @@ def test_prompts_train_in_float32_on_a_bf16_model(tiny_gptj, corpus, tmp_path):
 
 def test_prompt_summary_says_which_layers_had_which_budget():
     """Layers trained with different budgets are reported as such, not as the first layer's budget."""
-    from app.lens.prompts import SoftPromptSet
-    from app.training.evaluate import prompt_summary
-    from app.web.reports import prompt_training
+    from future_lens.lens.prompts import SoftPromptSet
+    from future_lens.training.evaluate import prompt_summary
+    from future_lens.server.web.reports import prompt_training
 
     metadata = {layer: {"examples": "10000" if 1 <= layer <= 2 else "4160", "lr": "0.002"} for layer in range(4)}
     prompts = SoftPromptSet(None, dict.fromkeys(range(4), torch.zeros(2, 3)), metadata)

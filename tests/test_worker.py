@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.worker import DeadlineExceededError, InferenceWorker, Merge, QueueFullError
+from future_lens.server.worker import DeadlineExceededError, InferenceWorker, Merge, QueueFullError
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from app.lens.models import LoadedModel
-from app.lens.prompts import save_soft_prompt
-from app.service import LensService
+from future_lens.lens.models import LoadedModel
+from future_lens.lens.prompts import save_soft_prompt
+from future_lens.service import LensService
 
 PROMPT_LAYERS = (0, 15, 29)
 

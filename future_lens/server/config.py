@@ -1,0 +1,104 @@
+"""Settings and limits: the one place their values are defined (environment variables `FUTURE_LENS_*` or `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from future_lens.lens.models import DEFAULT_MODEL
+
+
+class Limits(BaseSettings):
+    """Bounds on one request, sized so a 2-core CPU answers a full-size request in seconds."""
+
+    model_config = SettingsConfigDict(env_prefix="FUTURE_LENS_", env_file=".env", extra="ignore")
+
+    max_text_chars: int = Field(2000, description="longest input text, in characters")
+    max_text_tokens: int = Field(64, description="longest input text, in tokens")
+    max_n_future: int = Field(8, description="most future tokens per cell")
+    max_top_k: int = Field(20, description="most alternatives listed for a cell's first token")
+    max_prompt_chars: int = Field(500, description="longest fixed prompt, in characters")
+    max_prompt_tokens: int = Field(64, description="longest fixed prompt, in tokens")
+    max_track_tokens: int = Field(8, description="most token ids one request may track (`track`)")
+    max_body_bytes: int = Field(64_000, description="largest request body")
+
+
+class Settings(BaseSettings):
+    """How the server runs: which model on which device, where grids are stored."""
+
+    model_config = SettingsConfigDict(env_prefix="FUTURE_LENS_", env_file=".env", extra="ignore")
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_path: Path = Path("future-lens.sqlite3")
+    db_url: str | None = Field(
+        None,
+        description="postgresql://user:password@host:port/dbname: keep permalinks in PostgreSQL (shared by replicas) "
+        "instead of the SQLite file db_path",
+    )
+    prompt_dir: Path | None = None
+    max_queue: int = Field(16, description="grids waiting for the model at most; more get 503 + Retry-After")
+    rate_limit_per_minute: float | None = Field(
+        None, description="grids one client address may start per minute (token bucket; unset: no limit)"
+    )
+    rate_limit_burst: int = Field(10, description="grids one client may start at once before the rate applies")
+    request_timeout_s: float = Field(120.0, description="deadline of one grid request; later answers are 504")
+    merge_max_cells: int = Field(
+        2048,
+        ge=0,
+        description="queued requests that differ only in their text run in one engine pass of at most this many "
+        "(layer, token) cells (a single larger request still runs alone); 0: one request per pass",
+    )
+    secret: SecretStr | None = Field(
+        None,
+        description="key of the permalink ids (HMAC); unset: a random key generated once and kept in the permalink "
+        "database (shared by replicas); changing it gives new requests new ids, stored permalinks still open",
+    )
+    retention_max_age_days: float | None = Field(
+        None, gt=0, description="delete grids neither stored nor opened for this many days (unset: no age limit)"
+    )
+    retention_max_mb: float | None = Field(
+        None,
+        gt=0,
+        description="keep the stored grids under this many MB, deleting the longest unopened first (unset: no limit)",
+    )
+    retention_keep_recent_hours: float = Field(
+        24.0, ge=0, description="grids stored or opened within this many hours are never deleted by the size limit"
+    )
+    retention_interval_s: float = Field(600.0, gt=0, description="how often the retention policy is applied")
+    reports_dir: Path | None = Field(
+        None,
+        description="folder of evaluation reports, one subfolder per model, for /about (default: the user's reports "
+        "when they hold the served model's, else the package's)",
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        """Empty means unset (generate one); a configured key must be hard to guess."""
+        if secret is None or not secret.get_secret_value():
+            return None
+        if len(secret.get_secret_value()) < 16:
+            raise ValueError("secret must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return secret
+
+    @field_validator("db_url")
+    @classmethod
+    def _postgresql_url(cls, url: str | None) -> str | None:
+        """Empty means unset; anything else must be a PostgreSQL URL."""
+        if not url:
+            return None
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("db_url must be a postgresql:// URL")
+        return url
+
+
+@lru_cache
+def get_limits() -> Limits:
+    return Limits()
