@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,7 +19,6 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from future_lens.server.config import Settings
-from future_lens.service import LensService
 from future_lens.server.store import (
     PG_SCHEMA_VERSION,
     TOUCH_EVERY_S,
@@ -33,6 +35,7 @@ from future_lens.server.store import (
     is_grid_id,
 )
 from future_lens.server.web.app import create_app, open_store
+from future_lens.service import LensService
 from tests.postgres_helpers import PostgresServer
 
 BACKENDS = ["memory", "sqlite", "postgresql"]
@@ -547,3 +550,94 @@ def test_db_url_comes_from_the_environment_and_must_be_postgresql(monkeypatch):
     assert Settings().db_url is None
     with pytest.raises(ValidationError, match="postgresql:// URL"):
         Settings(db_url="mysql://u@db/lens")
+
+
+# ---------- the package: psycopg is optional ----------
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_importing_the_store_imports_no_psycopg():
+    done = run_python(
+        "import sys\n"
+        "import future_lens.server.store as store\n"
+        "assert store.SQLiteGridStore and store.MemoryGridStore and store.canonical_json\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('psycopg', 'psycopg_pool')))\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_without_psycopg_the_postgres_store_imports_and_opening_one_says_what_to_install():
+    done = run_python(
+        "import sys\n"
+        "sys.modules['psycopg'] = sys.modules['psycopg_pool'] = None  # as if not installed\n"
+        "from future_lens.server.store import PostgresGridStore, StoreError, advisory_key\n"
+        "assert advisory_key('aaaaaaaaaaaa')\n"
+        "try:\n"
+        "    PostgresGridStore('postgresql://u@db.example:5432/lens')\n"
+        "except StoreError as error:\n"
+        "    print(error)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "install future-lens[postgres]" in done.stdout and "psycopg" in done.stdout
+
+
+def test_the_store_and_the_library_share_one_canonical_json():
+    from future_lens.canonical import canonical_json
+    from future_lens.server import store
+
+    assert store.canonical_json is canonical_json
+    assert canonical_json({"b": 1, "a": "é"}) == '{"a":"\\u00e9","b":1}'
+
+
+# ---------- SQLite: check_writable ----------
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def assert_not_writable(path: Path, reason: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        SQLiteGridStore.check_writable(path)
+    message = str(caught.value)
+    assert str(path) in message and reason in message and "\n" not in message, message
+
+
+def test_check_writable_fails_naming_the_path_where_a_file_stands_for_a_folder(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    assert_not_writable(blocker / "sub" / "grids.sqlite3", "cannot create the folder")
+    assert_not_writable(blocker / "grids.sqlite3", "cannot create the file")
+    assert tree(tmp_path) == ["blocker"] and blocker.read_text() == "not a folder"
+
+
+def test_check_writable_removes_the_folders_it_made_when_the_file_cannot_be_made(tmp_path):
+    assert_not_writable(tmp_path / "new" / "deeper" / ("x" * 300), "cannot create the file")  # name too long
+    assert tree(tmp_path) == []
+
+
+def test_check_writable_fails_on_a_folder_where_the_file_should_be(tmp_path):
+    (tmp_path / "grids.sqlite3").mkdir()
+    assert_not_writable(tmp_path / "grids.sqlite3", "cannot write the file")
+    assert tree(tmp_path) == ["grids.sqlite3"]
+
+
+def test_check_writable_passes_and_leaves_nothing(tmp_path):
+    SQLiteGridStore.check_writable(tmp_path / "new" / "deeper" / "grids.sqlite3")
+    assert tree(tmp_path) == []
+    path = tmp_path / "grids.sqlite3"
+    store = SQLiteGridStore(path)
+    try:
+        store.put(grid())
+        before = path.read_bytes()
+        SQLiteGridStore.check_writable(path)  # an existing store, even open
+        assert path.read_bytes() == before and store.get(GRID_ID) == grid()
+        assert not [name for name in tree(tmp_path) if name.endswith(".check")]
+    finally:
+        store.close()
