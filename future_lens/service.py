@@ -13,7 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from future_lens.server.config import get_limits
+from future_lens import defaults
+from future_lens.canonical import canonical_json
+from future_lens.defaults import DEFAULT_LIMITS, Limits
 from future_lens.lens import (
     LENS_SEMANTICS,
     PAPER_FIXED_PROMPT,
@@ -33,7 +35,6 @@ from future_lens.lens.prompts import default_prompt_dir
 from future_lens.lens.registry import LensContext, LensSpec, lens_names, lens_spec, lens_specs, methods_description
 from future_lens.lens.source import normalize_text, tokenize
 from future_lens.lens.track import Track, TrackingUnsupportedError, check_token_ids
-from future_lens.server.store import canonical_json
 
 #: Fixed-prompt lenses kept built at once (each holds its prompt's embeddings and prefix keys/values).
 MAX_PROMPTED_LENSES = 8
@@ -74,10 +75,10 @@ class GridRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, examples=["Marty McFly from"])
-    method: str = Field("future", json_schema_extra=method_schema)
-    n_future: int = Field(4, json_schema_extra={"minimum": 1})
+    method: str = Field(defaults.METHOD, json_schema_extra=method_schema)
+    n_future: int = Field(defaults.N_FUTURE, json_schema_extra={"minimum": 1})
     layers: str | list[int] | None = Field(None, description="all, 0-29, 0,5,10, ::3 or a list of block indices")
-    top_k: int = Field(5, json_schema_extra={"minimum": 1})
+    top_k: int = Field(defaults.TOP_K, json_schema_extra={"minimum": 1})
     prompt: str | None = Field(None, description="fixed lens only: the prompt text (default: the paper's)")
     model: str | None = Field(None, description="must name the served model if given")
     track: list[int] | None = Field(
@@ -86,15 +87,11 @@ class GridRequest(BaseModel):
         "and position: the response gets a `track` object (docs/grid-format.md); not part of the permalink",
     )
 
-    @field_validator("text")
+    @field_validator("text", "prompt")
     @classmethod
-    def _text_within_limit(cls, text: str) -> str:
-        """Normalise line ends, then check the length; whitespace-only text is fine (text without tokens is not)."""
-        text = normalize_text(text)
-        limit = get_limits().max_text_chars
-        if len(text) > limit:
-            raise ValueError(f"text has {len(text)} characters; the limit is {limit}")
-        return text
+    def _normalised(cls, text: str | None) -> str | None:
+        """Line ends normalised once, here: every later step (limits, tokens, the permalink) sees the same text."""
+        return None if text is None else normalize_text(text)
 
     @field_validator("method")
     @classmethod
@@ -108,38 +105,26 @@ class GridRequest(BaseModel):
             raise ValueError("must be a whole number, not true/false")
         return value
 
-    @field_validator("n_future")
-    @classmethod
-    def _n_within_limit(cls, n_future: int) -> int:
-        limit = get_limits().max_n_future
-        if not 1 <= n_future <= limit:
-            raise ValueError(f"n_future must be between 1 and {limit}")
-        return n_future
 
-    @field_validator("top_k")
-    @classmethod
-    def _top_k_within_limit(cls, top_k: int) -> int:
-        limit = get_limits().max_top_k
-        if not 1 <= top_k <= limit:
-            raise ValueError(f"top_k must be between 1 and {limit}")
-        return top_k
-
-    @field_validator("track")
-    @classmethod
-    def _track_within_limit(cls, track: list[int] | None) -> list[int] | None:
-        limit = get_limits().max_track_tokens
-        if track is not None and not 1 <= len(track) <= limit:
-            raise ValueError(f"track lists {len(track)} token ids; between 1 and {limit} may be tracked")
-        return track
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_within_limit(cls, prompt: str | None) -> str | None:
-        prompt = None if prompt is None else normalize_text(prompt)
-        limit = get_limits().max_prompt_chars
-        if prompt is not None and len(prompt) > limit:
-            raise ValueError(f"prompt has {len(prompt)} characters; the limit is {limit}")
-        return prompt
+def check_limits(request: GridRequest, limits: Limits) -> None:
+    """The bounds that need no model: text and prompt length, N, top-k and how many tokens are tracked."""
+    if len(request.text) > limits.max_text_chars:
+        raise InvalidRequestError(
+            "text", f"text has {len(request.text)} characters; the limit is {limits.max_text_chars}"
+        )
+    if not 1 <= request.n_future <= limits.max_n_future:
+        raise InvalidRequestError("n_future", f"n_future must be between 1 and {limits.max_n_future}")
+    if not 1 <= request.top_k <= limits.max_top_k:
+        raise InvalidRequestError("top_k", f"top_k must be between 1 and {limits.max_top_k}")
+    track = request.track
+    if track is not None and not 1 <= len(track) <= limits.max_track_tokens:
+        message = f"track lists {len(track)} token ids; between 1 and {limits.max_track_tokens} may be tracked"
+        raise InvalidRequestError("track", message)
+    prompt = request.prompt
+    if prompt is not None and len(prompt) > limits.max_prompt_chars:
+        raise InvalidRequestError(
+            "prompt", f"prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}"
+        )
 
 
 def parse_request(**fields: object) -> GridRequest:
@@ -159,6 +144,7 @@ class PlannedGrid:
     request: GridRequest
     lens: Lens
     layers: list[int]
+    n_tokens: int  # the text's tokens, counted once when planned
 
     @property
     def n_future(self) -> int:
@@ -187,7 +173,7 @@ class PlannedGrid:
     @property
     def cells(self) -> int:
         """How many (layer, token) cells the grid has: its share of a merged pass."""
-        return len(self.layers) * len(tokenize(self.lens.model, self.request.text))
+        return len(self.layers) * self.n_tokens
 
     def compute(self) -> Grid:
         return self.lens.grid(self.request.text, layers=self.layers, n_future=self.n_future, top_k=self.request.top_k)
@@ -216,8 +202,9 @@ class LensService:
     remembered as failed, not read again. Building never runs the model (a fixed prompt is embedded on first use,
     on the thread that computes), so planning a request is safe off the inference worker."""
 
-    def __init__(self, model: LoadedModel, prompt_dir: Path | None = None):
+    def __init__(self, model: LoadedModel, prompt_dir: Path | None = None, limits: Limits = DEFAULT_LIMITS):
         self.model = model
+        self.limits = limits
         self.prompt_dir = prompt_dir or default_prompt_dir(model.id)
         self._problems = {spec.name: spec.problem(model, self.prompt_dir) for spec in lens_specs()}
         self._built: dict[str, Lens | InvalidRequestError] = {}
@@ -225,8 +212,15 @@ class LensService:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str, device: str = "auto", dtype: str = "auto", prompt_dir: Path | None = None) -> LensService:
-        return cls(load_model(model, device=device, dtype=dtype), prompt_dir)
+    def load(
+        cls,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        prompt_dir: Path | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> LensService:
+        return cls(load_model(model, device=device, dtype=dtype), prompt_dir, limits)
 
     @property
     def soft_prompts(self) -> SoftPromptSet | None:
@@ -280,7 +274,7 @@ class LensService:
     def _checked_prompt(self, request: GridRequest) -> str:
         """The request's prompt (default: the paper's), within the token limit."""
         prompt = request.prompt if request.prompt is not None else PAPER_FIXED_PROMPT
-        n_tokens, limit = len(tokenize(self.model, prompt)), get_limits().max_prompt_tokens
+        n_tokens, limit = len(tokenize(self.model, prompt)), self.limits.max_prompt_tokens
         if n_tokens == 0:
             raise InvalidRequestError("prompt", "prompt is empty: it has no tokens")
         if n_tokens > limit:
@@ -293,12 +287,13 @@ class LensService:
 
     def plan(self, request: GridRequest) -> PlannedGrid:
         """Check what depends on the model (model name, token count, layers); bind the lens and layers to use."""
+        check_limits(request, self.limits)
         if request.model is not None and request.model != self.model.id:
             raise InvalidRequestError("model", f"this server serves {self.model.id!r} only")
         n_tokens = len(tokenize(self.model, request.text))
         if n_tokens == 0:
             raise InvalidRequestError("text", "text is empty: it has no tokens")
-        limit = get_limits().max_text_tokens
+        limit = self.limits.max_text_tokens
         if n_tokens > limit:
             raise InvalidRequestError("text", f"text has {n_tokens} tokens; the limit is {limit}")
         try:
@@ -309,7 +304,7 @@ class LensService:
             problem = check_token_ids(self.model, request.track) or self.track_problem(request.method)
             if problem:
                 raise InvalidRequestError("track", problem)
-        return PlannedGrid(request, self.lens_for(request), layers)
+        return PlannedGrid(request, self.lens_for(request), layers, n_tokens)
 
     @staticmethod
     def track_problem(method: str) -> str | None:

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from future_lens.server.config import Settings
-from future_lens.service import LensService
 from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 
 
 @pytest.fixture(scope="module")

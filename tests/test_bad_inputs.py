@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from future_lens.server.config import Settings, get_limits
+from future_lens.defaults import DEFAULT_LIMITS
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
 from tests.webapp_helpers import service_with_prompts
 
 pytestmark = pytest.mark.embedded
 
-LIMITS = get_limits()
+LIMITS = DEFAULT_LIMITS
 ARTIFACT = Path(__file__).parent / "artifacts" / "bad-inputs.md"
 FORM = {"text": "hi", "method": "logit", "n_future": "1", "stride": "10"}
 FORM_TYPE = "application/x-www-form-urlencoded"

@@ -21,14 +21,15 @@ from urllib.parse import urlencode
 import pytest
 from fastapi.testclient import TestClient
 
-from future_lens.server.config import Settings, get_limits
+from future_lens.defaults import DEFAULT_LIMITS
 from future_lens.lens.layers import LayerSpecError, max_list_entries, max_spec_chars, parse_layers
-from future_lens.service import GridRequest, LensService
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
 from future_lens.server.web.errors import MAX_FIELD_CHARS, first_validation_error
+from future_lens.service import GridRequest, LensService
 from tests.conftest import words
 
-LIMITS = get_limits()
+LIMITS = DEFAULT_LIMITS
 ARTIFACT = Path(__file__).parent / "artifacts" / "bounds.md"
 MAX_BODY = 4096  # bytes: every error answer below is smaller
 SANITY_S = 5.0  # seconds: a generous bound, not a timing test (the worst time is printed)

@@ -20,9 +20,9 @@ from typing import NoReturn
 import pytest
 import uvicorn
 
-from future_lens.server.config import Settings
 from future_lens.lens.display import visible_whitespace
 from future_lens.lens.source import tokenize
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
 from tests.report_helpers import write_report
 from tests.webapp_helpers import PROMPT_LAYERS, service_with_prompts

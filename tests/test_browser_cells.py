@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from future_lens.server.config import Settings
-from future_lens.service import LensService
 from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 from tests.server_helpers import serving
 from tests.test_browser import ARTIFACTS, XSS_TEXT, Watched
 from tests.test_browser import browser as chromium_browser

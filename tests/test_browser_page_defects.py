@@ -15,10 +15,10 @@ import re
 import httpx
 import pytest
 
-from future_lens.server.config import Settings
 from future_lens.lens.display import WHITESPACE_MARKS, visible_whitespace
-from future_lens.service import LensService
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 from tests.server_helpers import serving
 from tests.test_browser import ARTIFACTS, PHONE, Watched
 from tests.test_browser import browser as chromium_browser

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from future_lens.server.config import Settings, get_limits
-from future_lens.service import LensService
+from future_lens.defaults import DEFAULT_LIMITS
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 from tests.webapp_helpers import random_prompt_dir
 
 pytestmark = pytest.mark.embedded
@@ -81,7 +82,7 @@ def test_bad_track_ids_are_422_naming_track(client, track, message):
 
 
 def test_too_many_tracked_tokens_are_refused(client):
-    limit = get_limits().max_track_tokens
+    limit = DEFAULT_LIMITS.max_track_tokens
     response = client.post("/lens", json={"text": TEXT, "method": "logit", "track": list(range(limit + 1))})
     assert response.status_code == 422 and response.json()["field"] == "track"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from future_lens.server.cli import cli
 from future_lens.lens import models
 from future_lens.lens.grid import Grid
+from future_lens.server.cli import cli
 from tests.webapp_helpers import random_prompt_dir
 
 runner = CliRunner()

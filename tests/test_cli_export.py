@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from future_lens.server.cli import cli
 from future_lens.export import export, grid_from_csv, select
 from future_lens.lens.grid import Grid
+from future_lens.server.cli import cli
 from tests.export_helpers import sample_grid
 
 runner = CliRunner()

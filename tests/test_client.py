@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from future_lens.server.config import Settings
-from future_lens.service import LensService
-from future_lens.server.web.app import create_app
 from future_lens.client import Grid, LensRequestError, lens
 from future_lens.client.grid import PANDAS_MISSING
+from future_lens.server.config import Settings
+from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 from tests.server_helpers import serving
 from tests.webapp_helpers import random_prompt_dir
 

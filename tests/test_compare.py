@@ -10,9 +10,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from future_lens.server.config import Settings
 from future_lens.lens.diff import DIFF_SCHEMA, diff_grids, select_rows
 from future_lens.lens.grid import Cell, Grid, ModelInfo, TokenProb, TokenText
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
 from tests.webapp_helpers import service_with_prompts
 

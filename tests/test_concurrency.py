@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 
 import future_lens.server.web  # noqa: F401  (before future_lens.lens: see future_lens/server/web/__init__.py)
 from future_lens.server.config import Settings
-from future_lens.service import LensService, parse_request
 from future_lens.server.store import MemoryGridStore
 from future_lens.server.web.app import create_app
 from future_lens.server.web.keeper import ClientGoneError, GridKeeper
 from future_lens.server.worker import InferenceWorker
+from future_lens.service import LensService, parse_request
 
 
 class CountingService(LensService):

@@ -8,12 +8,12 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from future_lens.server.config import Settings
 from future_lens.lens.source import normalize_text
-from future_lens.service import LensService
+from future_lens.server.config import Settings
 from future_lens.server.web import api
 from future_lens.server.web.app import create_app
 from future_lens.server.web.cells import StaleGridError
+from future_lens.service import LensService
 
 # ---------- normalize_text ----------
 

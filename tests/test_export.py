@@ -23,8 +23,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from future_lens.server.cli import cli
-from future_lens.server.config import Settings
 from future_lens.export import (
     GridCsvError,
     PngSizeError,
@@ -47,9 +45,11 @@ from future_lens.export.png import font_files, png_size
 from future_lens.export.svg import MAX_COLUMNS
 from future_lens.export.text import pieces, shown, width
 from future_lens.lens.grid import Grid
-from future_lens.service import LensService
+from future_lens.server.cli import cli
+from future_lens.server.config import Settings
 from future_lens.server.store import new_stored_grid
 from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 from tests.conftest import words
 from tests.export_helpers import sample_grid
 from tests.test_browser import browser  # noqa: F401 (fixture)
@@ -135,7 +135,7 @@ def test_svg_uses_the_pages_colours_and_marks_matches():
 
 def test_the_page_css_has_the_palettes_colours():
     """static/lens.css spells the shades out (no build step): it must agree with future_lens/export/palette.py."""
-    page_css = (ROOT / "static" / "lens.css").read_text()
+    page_css = (ROOT / "future_lens" / "server" / "static" / "lens.css").read_text()
     for bucket, (blue, grey) in enumerate(zip(palette.SHADES, palette.BORROWED_SHADES, strict=True)):
         blue_rule = re.search(
             rf"\.swatch\.p{bucket}, td\.cell\.p{bucket} \{{ background: (#[0-9a-f]{{6}});([^}}]*)\}}", page_css

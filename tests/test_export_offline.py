@@ -47,49 +47,45 @@ def island(page: str) -> dict:
 def test_offline_css_holds_every_rule_of_the_pages_stylesheet():
     page = grid_html(sample_grid(n_layers=4, n_tokens=5, seed=2))
     exported = " ".join(inlined_style(page).split())
-    page_rules = rules((ROOT / "static" / "lens.css").read_text())
+    page_rules = rules((ROOT / "future_lens" / "server" / "static" / "lens.css").read_text())
     assert len(page_rules) > 100
     missing = [rule for rule in page_rules if rule not in exported]
     assert missing == []
 
 
 def test_offline_file_inlines_the_pages_popover_script_and_finds_it_in_the_checkout():
-    assert page_asset("lens.css") == (ROOT / "static" / "lens.css").read_text()
-    assert page_asset("lens.js") == (ROOT / "static" / "lens.js").read_text()
-    assert (ROOT / "static" / "lens.js").read_text() in script()
+    assert page_asset("lens.css") == (ROOT / "future_lens" / "server" / "static" / "lens.css").read_text()
+    assert page_asset("lens.js") == (ROOT / "future_lens" / "server" / "static" / "lens.js").read_text()
+    assert (ROOT / "future_lens" / "server" / "static" / "lens.js").read_text() in script()
     scripts = re.findall(r"<script>(.*?)</script>", grid_html(sample_grid()), flags=re.DOTALL)
     assert scripts == [script()]  # the page's script makes requests only on the page (its form): see the browser test
     assert "'sha256-" in content_security_policy() and "unsafe-inline" not in content_security_policy()
 
 
 def test_package_data_ships_the_pages_files():
-    """An installed package has no static/: the export reads the page's files from future_lens/export/page/, which the
-    source checkout links to static/ and the wheel carries (pyproject's package-data)."""
+    """The export reads the page's files from future_lens/export/page/, which the source checkout links to
+    future_lens/server/static/ and the wheel carries as copies (pyproject's package-data)."""
     text = (ROOT / "pyproject.toml").read_text()
-    shipped = re.search(r'"app\.export" = \[(.*?)\]', text).group(1)
+    shipped = re.search(r'"future_lens\.export" = \[(.*?)\]', text).group(1)
     for name in ("lens.css", "cells.css", "lens.js"):
-        linked = ROOT / "app" / "export" / "page" / name
-        assert linked.resolve() == (ROOT / "static" / name).resolve()
+        linked = ROOT / "future_lens" / "export" / "page" / name
+        assert linked.resolve() == (ROOT / "future_lens" / "server" / "static" / name).resolve()
         assert f'"page/{name}"' in shipped
-    assert css().startswith((ROOT / "static" / "lens.css").read_text().rstrip("\n"))
+    assert css().startswith((ROOT / "future_lens" / "server" / "static" / "lens.css").read_text().rstrip("\n"))
 
 
-def test_an_installed_package_without_the_pages_files_reads_them_from_the_assets_folder(tmp_path, monkeypatch):
-    """A wheel built where static/ was absent (the Dockerfile installs the package before copying static/) has no
-    future_lens/export/page/: the export then reads the assets folder's static/, like the web app, else says what to set."""
+def test_an_installed_package_without_the_pages_files_says_so(tmp_path, monkeypatch):
+    """A broken install without future_lens/export/page/ fails with a message naming the missing file, never a
+    traceback from deep inside; the working directory is never searched."""
     from future_lens.export import html
 
-    package = tmp_path / "site" / "app" / "export"
+    package = tmp_path / "site" / "future_lens" / "export"
     (package / "static").mkdir(parents=True)
     monkeypatch.setattr(html.resources, "files", lambda name: package)
     monkeypatch.chdir(tmp_path)
-    assets = tmp_path / "assets"
-    (assets / "static").mkdir(parents=True)
-    (assets / "static" / "lens.css").write_text(".from-assets { color: red; }\n")
-    monkeypatch.setenv("FUTURE_LENS_ASSETS_DIR", str(assets))
-    assert html.page_asset("lens.css") == ".from-assets { color: red; }\n"
-    monkeypatch.delenv("FUTURE_LENS_ASSETS_DIR")
-    with pytest.raises(html.MissingPageAssetError, match="FUTURE_LENS_ASSETS_DIR"):
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "lens.css").write_text(".from-cwd { color: red; }\n")
+    with pytest.raises(html.MissingPageAssetError, match="lens.css"):
         html.page_asset("lens.css")
 
 

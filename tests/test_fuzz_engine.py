@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from future_lens.server.config import get_limits
+from future_lens.defaults import DEFAULT_LIMITS
 from future_lens.lens.models import LoadedModel
 from future_lens.service import InvalidRequestError, LensService, parse_request
 
@@ -34,7 +34,7 @@ def test_any_text_gives_a_grid_or_a_named_error(service: LensService, text: str,
         return
     model: LoadedModel = service.model
     n_tokens = len(model.tokenizer(text, add_special_tokens=False).input_ids)
-    assert 0 < n_tokens <= get_limits().max_text_tokens
+    assert 0 < n_tokens <= DEFAULT_LIMITS.max_text_tokens
     assert len(grid.tokens) == n_tokens
     assert len(grid.cells) == model.adapter.n_layers
     for row in grid.cells:

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from future_lens.server.config import Settings
-from future_lens.service import LensService
 from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 
 PAGE_SCRIPTS = 3  # htmx, lens.js and cells.js: the only <script> elements a full page has
 FRAGMENT_SCRIPTS = 0

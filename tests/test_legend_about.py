@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from future_lens.server.config import Settings
 from future_lens.lens.lenses import IDENTITY_PATCHSCOPE_PROMPT, PAPER_FIXED_PROMPT
-from future_lens.service import LensService
+from future_lens.server.config import Settings
 from future_lens.server.store import new_stored_grid
 from future_lens.server.web.app import create_app
 from future_lens.server.web.reports import Calibration, CalibrationBin, calibration_reversal, reversal_note
+from future_lens.service import LensService
 from tests.export_helpers import sample_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = "smollm2-135m-instruct"
-REPORT = ROOT / "reports" / EMBEDDED
+REPORT = ROOT / "future_lens" / "reports" / EMBEDDED
 #: The grid's method -> the report's method and the measure its shades are (the colour: N tokens' mean, or the
 #: next token's probability for the next-token readouts).
 MEASURED = {
@@ -49,7 +49,7 @@ def real_report() -> dict:
 def client(tiny_gptj, tmp_path_factory) -> TestClient:
     """The app with its default reports folder (the source checkout's reports/)."""
     app = create_app(Settings(db_path=tmp_path_factory.mktemp("legend") / "g.sqlite3"), service=LensService(tiny_gptj))
-    assert app.state.reports_dir == ROOT / "reports"
+    assert app.state.reports_dir == ROOT / "future_lens" / "reports"
     return TestClient(app)
 
 

@@ -28,8 +28,6 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from future_lens.server.cli import cli
-from future_lens.server.config import Settings
 from future_lens.export.csv import grid_from_csv
 from future_lens.lens.engine import CellPredictions, CellReference
 from future_lens.lens.grid import Grid
@@ -39,9 +37,11 @@ from future_lens.lens.linear import LinearMaps, save_linear_maps
 from future_lens.lens.models import LoadedModel, load_model
 from future_lens.lens.prompts import PromptArtifactError
 from future_lens.lens.registry import LensSpec, lens_spec, lens_specs, registered
-from future_lens.service import InvalidRequestError, LensService, parse_request
+from future_lens.server.cli import cli
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
 from future_lens.server.web.ratelimit import model_time_routes
+from future_lens.service import InvalidRequestError, LensService, parse_request
 from tests.conftest import tiny_llama_config
 from tests.server_helpers import serving
 from tests.test_browser import Watched, browser  # noqa: F401 (fixture)

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from future_lens.service import GridRequest, LensService, parse_request
 from future_lens.server.store import MemoryGridStore, grid_id
 from future_lens.server.web.keeper import GridKeeper, KeptGrid, grid_document_json
 from future_lens.server.worker import InferenceWorker
+from future_lens.service import GridRequest, LensService, parse_request
 from tests.test_concurrency import occupy
 from tests.webapp_helpers import random_prompt_dir
 

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from future_lens.server.config import Settings
 from future_lens.server.retention import DAY_S, RetentionJanitor, retention_policy
-from future_lens.service import LensService, parse_request
 from future_lens.server.store import RetentionPolicy, SQLiteGridStore, StoredGrid, grid_id, new_stored_grid
 from future_lens.server.web.app import create_app
 from future_lens.server.web.keeper import grid_document_json
+from future_lens.service import LensService, parse_request
 
 BODY = {"text": "Same text, same id", "method": "logit", "layers": "all"}
 SECRET = "a-deployment-secret-0123456789"

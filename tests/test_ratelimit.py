@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from future_lens.server.config import Settings
-from future_lens.service import LensService
 from future_lens.server.web.app import create_app
 from future_lens.server.web.ratelimit import TokenBuckets
+from future_lens.service import LensService
 
 
 class Clock:

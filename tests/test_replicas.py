@@ -15,8 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from future_lens.server.store import SECRET_NAME, grid_id
 from benchmarks.serving import ServerProcess
+from future_lens.server.store import SECRET_NAME, grid_id
 from tests.postgres_helpers import PostgresServer
 
 pytestmark = pytest.mark.embedded

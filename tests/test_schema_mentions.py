@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from future_lens.server.config import Settings
 from future_lens.lens.grid import SCHEMA
-from future_lens.service import LensService
+from future_lens.server.config import Settings
 from future_lens.server.web.api import GridDocument
 from future_lens.server.web.app import DESCRIPTION, create_app
+from future_lens.service import LensService
 
 ROOT = Path(__file__).resolve().parents[1]
 MENTION = re.compile(r"future-lens\.grid/\d+")

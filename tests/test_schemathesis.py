@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from future_lens.server.config import Settings
 from future_lens.lens.layers import LayerSpecError, parse_layers
-from future_lens.service import LensService
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
+from future_lens.service import LensService
 from tests.webapp_helpers import service_with_prompts
 
 pytestmark = pytest.mark.embedded

@@ -9,12 +9,12 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from future_lens.server.config import Settings
 from future_lens.lens.grid import first_rows
-from future_lens.service import GridRequest
+from future_lens.server.config import Settings
 from future_lens.server.web.app import create_app
 from future_lens.server.web.streaming import StreamCancelledError, StreamHead, StreamRow, follow, start_stream
 from future_lens.server.worker import InferenceWorker
+from future_lens.service import GridRequest
 from tests.webapp_helpers import service_with_prompts
 
 pytestmark = pytest.mark.embedded

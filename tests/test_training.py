@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from future_lens.server.cli import cli
-from future_lens.server.config import get_limits
+from future_lens.defaults import DEFAULT_LIMITS
 from future_lens.lens.models import LoadedModel
 from future_lens.lens.prompts import load_soft_prompts, read_manifest
+from future_lens.server.cli import cli
 from future_lens.training import train as train_module
 from future_lens.training.baselines import bigram_table, ridge
 from future_lens.training.data import DataConfig, Dataset, Examples, prepare_dataset, split_documents
@@ -218,7 +218,7 @@ def test_layer_rows_pair_each_layer_with_its_states(tiny_gptj, corpus):
     assert rows["layers"].tolist() == [2, 2, 2, 0, 0, 0]
     torch.testing.assert_close(rows["states"][4], batch.states[1, 0])
     assert rows["teacher"].shape == (6, 1)
-    assert asdict(DataConfig(corpus="x"))["max_context"] == get_limits().max_text_tokens == 64
+    assert asdict(DataConfig(corpus="x"))["max_context"] == DEFAULT_LIMITS.max_text_tokens == 64
 
 
 def test_a_run_can_be_extended_with_more_examples(tiny_gptj, corpus, tmp_path):
@@ -271,8 +271,8 @@ def test_prompts_train_in_float32_on_a_bf16_model(tiny_gptj, corpus, tmp_path):
 def test_prompt_summary_says_which_layers_had_which_budget():
     """Layers trained with different budgets are reported as such, not as the first layer's budget."""
     from future_lens.lens.prompts import SoftPromptSet
-    from future_lens.training.evaluate import prompt_summary
     from future_lens.server.web.reports import prompt_training
+    from future_lens.training.evaluate import prompt_summary
 
     metadata = {layer: {"examples": "10000" if 1 <= layer <= 2 else "4160", "lr": "0.002"} for layer in range(4)}
     prompts = SoftPromptSet(None, dict.fromkeys(range(4), torch.zeros(2, 3)), metadata)

@@ -12,15 +12,16 @@ import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
-from future_lens.server.config import Settings, get_limits
+from future_lens.defaults import DEFAULT_LIMITS
 from future_lens.lens.lenses import PAPER_FIXED_PROMPT
 from future_lens.lens.source import tokenize
-from future_lens.service import LensService
+from future_lens.server.config import Settings
 from future_lens.server.store import is_grid_id
-from future_lens.training.metrics import MAX_N
 from future_lens.server.web.app import create_app
 from future_lens.server.web.render import MIN_BIN_CELLS
 from future_lens.server.web.reports import CALIBRATION_N, PLOTS, EvalReport, ReportTable, layer_ranges, report_method
+from future_lens.service import LensService
+from future_lens.training.metrics import MAX_N
 from tests.report_helpers import FIRST_TOKEN_BINS, MEAN_PROB_BINS, PROTOCOL, write_report
 from tests.webapp_helpers import PROMPT_LAYERS, random_prompt_dir, service_with_prompts
 
@@ -180,7 +181,7 @@ def test_unknown_permalinks_are_404(client, path):
 
 # ---------- rejected requests ----------
 
-LIMITS = get_limits()
+LIMITS = DEFAULT_LIMITS
 BAD_REQUESTS = [
     ({"text": ""}, "text"),
     ({}, "text"),

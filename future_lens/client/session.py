@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from future_lens import defaults
 from future_lens.client.grid import Grid, LensRequestError
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -138,11 +139,11 @@ class LocalBackend:
 
 def lens(
     text: str,
-    method: str = "future",
+    method: str = defaults.METHOD,
     *,
-    n_future: int = 4,
+    n_future: int = defaults.N_FUTURE,
     layers: str | list[int] | None = None,
-    top_k: int = 5,
+    top_k: int = defaults.TOP_K,
     prompt: str | None = None,
     track: list[int] | None = None,
     server: str | None = None,
@@ -158,7 +159,7 @@ def lens(
 
     `server`: the URL of a running server (`model`, if given, must be the one it serves); None: compute in this
     process on `model` (catalog id or local HF directory; default the embedded model) on `device` with `dtype`,
-    using the trained prompts in `prompt_dir` (default `checkpoints/<model>`). `timeout`: seconds per HTTP call."""
+    using the trained prompts in `prompt_dir` (default: the model's, see `future_lens.lens.prompts.default_prompt_dir`). `timeout`: seconds per HTTP call."""
     fields = {
         "text": text,
         "method": method,

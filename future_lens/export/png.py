@@ -8,8 +8,6 @@ import math
 from functools import cache
 from pathlib import Path
 
-import resvg_py
-
 from future_lens.export.selection import Selection
 from future_lens.export.svg import MAX_COLUMNS, grid_svg
 from future_lens.lens.grid import Grid
@@ -63,6 +61,10 @@ def svg_png(svg: str, scale: float = 2.0) -> bytes:
             f"the PNG would be {width}×{height} pixels, over the limit of {MAX_PIXELS / 1e6:g} million: "
             "choose a smaller scale or fewer layers/tokens"
         )
+    try:
+        import resvg_py  # the `export` extra
+    except ImportError:
+        raise ImportError("PNG export needs the export extra: pip install 'future-lens[export]'") from None
     return bytes(
         resvg_py.svg_to_bytes(
             svg_string=svg,

@@ -3,7 +3,7 @@
 It loads the model from its local folder (the embedded model from the cache `future-lens prepare` fills, honouring
 `FUTURE_LENS_CACHE`; a catalog HF model from the local HF cache), runs the source text, takes block l's output at
 the token, and then: for the logit lens, final norm + unembedding; for the future lens, patches it into the last
-position of layer l's learned soft prompt (`checkpoints/<model>/layer_XX.safetensors`, tensor `soft_prompt`,
+position of layer l's learned soft prompt (`<checkpoints>/<model>/layer_XX.safetensors`, tensor `soft_prompt`,
 honouring `FUTURE_LENS_CHECKPOINTS`) and decodes N tokens greedily; for a fixed prompt, the same with the prompt's
 token embeddings. No KV cache and no project code, so it reads as the method itself. Every value taken from the
 grid (text, prompt, token texts) enters the script as a Python literal (`repr`), never as code.
@@ -92,7 +92,8 @@ predicted, chosen = [int(probs.argmax())], [float(probs.max())]
 
 SOFT_PROMPT = """
 # 2. Target context: layer {prompt_layer}'s learned soft prompt ({prompt_note}), fed as input embeddings.
-CHECKPOINTS = Path(os.environ.get("FUTURE_LENS_CHECKPOINTS", "checkpoints"))  # the trained prompts, per model
+# FUTURE_LENS_CHECKPOINTS: the folder of per-model prompt folders (pip's future_lens/checkpoints, or your own).
+CHECKPOINTS = Path(os.environ.get("FUTURE_LENS_CHECKPOINTS", "checkpoints"))
 PROMPT_FILE = CHECKPOINTS / {model_id} / {prompt_file}
 context = load_file(PROMPT_FILE)[{tensor}].to(hf.dtype)
 """

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from future_lens.atomic import atomic_path, atomic_write_json
 from future_lens.lens.models import LoadedModel
-from future_lens.paths import shipped_checkpoints, user_checkpoints
+from future_lens.lens.catalog import artifacts_dir
+from future_lens.paths import user_checkpoints
 
 MANIFEST_SCHEMA = "future-lens.prompts/1"
 MANIFEST_NAME = "manifest.json"
@@ -32,11 +33,11 @@ class PromptArtifactError(ValueError):
 
 def default_prompt_dir(model_id: str) -> Path:
     """Where a model's prompts and lens maps are read from: the user's own folder once it holds a manifest (or
-    FUTURE_LENS_CHECKPOINTS is set), else the folder shipped in the package."""
+    FUTURE_LENS_CHECKPOINTS is set), else the catalog entry's `artifacts` (the package's, for the embedded model)."""
     own = user_checkpoints() / model_id
     if "FUTURE_LENS_CHECKPOINTS" in os.environ or (own / MANIFEST_NAME).is_file():
         return own
-    return shipped_checkpoints() / model_id
+    return artifacts_dir(model_id) or own
 
 
 def output_prompt_dir(model_id: str) -> Path:

@@ -10,6 +10,7 @@ from typing import Annotated, NoReturn, TypeVar
 import typer
 from typer.models import OptionInfo
 
+from future_lens import defaults
 from future_lens.lens import DEFAULT_MODEL, Grid
 from future_lens.lens.display import visible_whitespace
 from future_lens.lens.models import PAPER_MODEL
@@ -150,10 +151,10 @@ def grid_output(
 @cli.command()
 def grid(
     text: Annotated[str, typer.Argument(help="the input text")],
-    method: Annotated[str, method_option()] = "future",
-    layers: Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")] = "all",
-    n_future: Annotated[int, typer.Option("--n-future", "-n", help="tokens decoded per cell")] = 4,
-    top_k: Annotated[int, typer.Option(help="alternatives kept for the first token")] = 5,
+    method: Annotated[str, method_option()] = defaults.METHOD,
+    layers: Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")] = defaults.LAYERS,
+    n_future: Annotated[int, typer.Option("--n-future", "-n", help="tokens decoded per cell")] = defaults.N_FUTURE,
+    top_k: Annotated[int, typer.Option(help="alternatives kept for the first token")] = defaults.TOP_K,
     prompt: Annotated[str | None, typer.Option(help="fixed lens: the prompt text")] = None,
     prompt_dir: Annotated[Path | None, typer.Option(help="future lens: folder of trained soft prompts")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the grid JSON (same as --format json)")] = False,
@@ -268,7 +269,7 @@ def import_prompt(
     layer: Annotated[int, typer.Option(help="the block index it was trained for")],
     model: ModelOption = PAPER_MODEL,
     catalog: CatalogOption = None,
-    prompt_dir: Annotated[Path | None, typer.Option(help="where to write (default checkpoints/<model>)")] = None,
+    prompt_dir: Annotated[Path | None, typer.Option(help="where to write (default: the user's ~/.cache/future-lens/checkpoints/<model>)")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
@@ -297,20 +298,35 @@ def serve(
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="catalog id or local model directory")] = None,
 ) -> None:
-    """Start the web app (uvicorn)."""
+    """Start the web app (uvicorn). A bad setting, a missing asset or model, or an unusable database exits 2 with one
+    line naming it; the permalink database is opened only once everything else is ready."""
     import uvicorn
 
-    from future_lens.server.config import Settings
-    from future_lens.server.store import StoreError
-    from future_lens.server.web.app import create_app
+    from future_lens.server.web.app import StartupError, create_app
 
     overrides = {k: v for k, v in {"host": host, "port": port, "db_path": db, "model": model}.items() if v is not None}
-    settings = Settings(**overrides)
     try:
+        settings = server_settings(**overrides)
         app = create_app(settings)
-    except StoreError as error:
+    except StartupError as error:
         fail(str(error))
     uvicorn.run(app, host=settings.host, port=settings.port)
+
+
+def server_settings(**overrides: object):
+    """`Settings` from the environment and the given options; a bad value becomes a `StartupError` naming it."""
+    from pydantic import ValidationError
+
+    from future_lens.server.config import Settings
+    from future_lens.server.web.app import StartupError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        source = f"--{name.replace('_', '-')}" if name in overrides else f"FUTURE_LENS_{name.upper()}"
+        raise StartupError(f"setting {name} ({source}): {first['msg']}") from None
 
 
 # --- training: thin wrappers over future_lens.training.pipeline; defaults come from its option objects ---
@@ -329,8 +345,8 @@ TrainPoolOption = Annotated[int, typer.Option(help="training examples cut from t
 DevPoolOption = Annotated[int, typer.Option(help="dev examples cut from held-out documents")]
 LayersOption = Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")]
 SeedOption = Annotated[int, typer.Option(help="data split, example order and init seed (eval: the one trained with)")]
-PromptDirOption = Annotated[Path | None, typer.Option(help="the soft prompts' folder (default checkpoints/<model>)")]
-ReportDirOption = Annotated[Path | None, typer.Option(help="where reports and plots go (default reports/<model>)")]
+PromptDirOption = Annotated[Path | None, typer.Option(help="the soft prompts' folder (read: the model's default, the user's or the package's; train: the user's)")]
+ReportDirOption = Annotated[Path | None, typer.Option(help="where reports and plots go (default: the user's ~/.local/share/future-lens/reports/<model>)")]
 
 
 def run_pipeline(step: Callable[[Options], Path], options: Options) -> None:

@@ -1,29 +1,22 @@
-"""Settings and limits: the one place their values are defined (environment variables `FUTURE_LENS_*` or `.env`)."""
+"""The server's settings: environment variables `FUTURE_LENS_*` or `.env`, read once by whoever starts the server
+(`future-lens serve`, `app/main.py`) and passed explicitly from there; nothing here is a process-wide cache."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from future_lens.defaults import Limits
 from future_lens.lens.models import DEFAULT_MODEL
+from future_lens.paths import default_db_path
 
 
-class Limits(BaseSettings):
-    """Bounds on one request, sized so a 2-core CPU answers a full-size request in seconds."""
+class LimitSettings(BaseSettings, Limits):
+    """The request bounds of `future_lens.defaults.Limits`, each overridable as `FUTURE_LENS_<NAME>` or in `.env`."""
 
-    model_config = SettingsConfigDict(env_prefix="FUTURE_LENS_", env_file=".env", extra="ignore")
-
-    max_text_chars: int = Field(2000, description="longest input text, in characters")
-    max_text_tokens: int = Field(64, description="longest input text, in tokens")
-    max_n_future: int = Field(8, description="most future tokens per cell")
-    max_top_k: int = Field(20, description="most alternatives listed for a cell's first token")
-    max_prompt_chars: int = Field(500, description="longest fixed prompt, in characters")
-    max_prompt_tokens: int = Field(64, description="longest fixed prompt, in tokens")
-    max_track_tokens: int = Field(8, description="most token ids one request may track (`track`)")
-    max_body_bytes: int = Field(64_000, description="largest request body")
+    model_config = SettingsConfigDict(env_prefix="FUTURE_LENS_", env_file=".env", extra="ignore", frozen=True)
 
 
 class Settings(BaseSettings):
@@ -36,7 +29,9 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
-    db_path: Path = Path("future-lens.sqlite3")
+    db_path: Path | None = Field(
+        None, description="the SQLite permalink file (default: future-lens.sqlite3 in the user's data directory)"
+    )
     db_url: str | None = Field(
         None,
         description="postgresql://user:password@host:port/dbname: keep permalinks in PostgreSQL (shared by replicas) "
@@ -72,6 +67,9 @@ class Settings(BaseSettings):
         24.0, ge=0, description="grids stored or opened within this many hours are never deleted by the size limit"
     )
     retention_interval_s: float = Field(600.0, gt=0, description="how often the retention policy is applied")
+    limits: Limits = Field(
+        default_factory=LimitSettings, description="bounds on one request (each `FUTURE_LENS_MAX_*`, see Limits)"
+    )
     reports_dir: Path | None = Field(
         None,
         description="folder of evaluation reports, one subfolder per model, for /about (default: the user's reports "
@@ -98,7 +96,6 @@ class Settings(BaseSettings):
             raise ValueError("db_url must be a postgresql:// URL")
         return url
 
-
-@lru_cache
-def get_limits() -> Limits:
-    return Limits()
+    def sqlite_path(self) -> Path:
+        """The SQLite file this server uses: `db_path`, else the one in the user's data directory."""
+        return self.db_path if self.db_path is not None else default_db_path()

@@ -11,19 +11,20 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 
+from future_lens import defaults
 from future_lens.export import MEDIA_TYPES, PngSizeError, SelectionError, export, select
 from future_lens.export.html import content_security_policy
 from future_lens.export.png import MAX_SCALE, MIN_SCALE
 from future_lens.export.svg import MAX_CHARS, MAX_COLUMNS, MIN_CHARS
 from future_lens.lens.grid import Grid
 from future_lens.lens.track import Track
-from future_lens.service import GridRequest, InvalidRequestError, method_schema, parse_request
 from future_lens.server.store import is_grid_id
 from future_lens.server.web.cells import compute_track, replan
 from future_lens.server.web.errors import ErrorBody, error_response
 from future_lens.server.web.keeper import GridKeeper, KeptGrid, keeper_of
 from future_lens.server.web.ratelimit import SPENDS_MODEL_TIME
 from future_lens.server.web.streaming import NDJSON, ndjson_lines, start_stream, wants_ndjson
+from future_lens.service import GridRequest, InvalidRequestError, method_schema, parse_request
 
 router = APIRouter()
 
@@ -141,10 +142,10 @@ async def post_lens(request: Request, body: Annotated[GridRequest, Body(openapi_
 async def get_lens(
     request: Request,
     text: Annotated[str, Query(description="the input text", examples=["Marty McFly from"])],
-    method: Annotated[str, Query(json_schema_extra=method_schema)] = "future",
-    n_future: Annotated[int, Query(description="tokens decoded per cell")] = 4,
+    method: Annotated[str, Query(json_schema_extra=method_schema)] = defaults.METHOD,
+    n_future: Annotated[int, Query(description="tokens decoded per cell")] = defaults.N_FUTURE,
     layers: Annotated[str | None, Query(description="all, 0-29, 0,5,10, ::3 ...", examples=["::3"])] = None,
-    top_k: Annotated[int, Query(description="alternatives listed for each cell's first token")] = 5,
+    top_k: Annotated[int, Query(description="alternatives listed for each cell's first token")] = defaults.TOP_K,
     prompt: Annotated[str | None, Query(description="fixed method only: the prompt text")] = None,
     model: Annotated[str | None, Query(description="must name the served model if given")] = None,
 ) -> Response:

@@ -10,12 +10,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
 from future_lens import __version__
-from future_lens.server.config import Settings, get_limits
 from future_lens.lens.grid import SCHEMA
-from future_lens.paths import packaged_required, shipped_reports, user_reports
+from future_lens.lens.models import ModelNotAvailableError
+from future_lens.paths import MissingAssetError, packaged_required, shipped_reports, user_reports
+from future_lens.server.config import Settings
+from future_lens.server.nnsight_safety import tolerate_object_mounts
 from future_lens.server.retention import RetentionJanitor, retention_policy
-from future_lens.service import LensService
-from future_lens.server.store import GridStore, PostgresGridStore, SQLiteGridStore
+from future_lens.server.store import GridStore, SQLiteGridStore, StoreError
 from future_lens.server.web import api, cells, compare, docs, pages
 from future_lens.server.web.bodylimit import install_body_limit
 from future_lens.server.web.errors import install_error_handlers
@@ -23,6 +24,7 @@ from future_lens.server.web.keeper import GridKeeper
 from future_lens.server.web.ratelimit import TokenBuckets
 from future_lens.server.web.render import asset_version, template_environment
 from future_lens.server.worker import InferenceWorker
+from future_lens.service import LensService
 
 DESCRIPTION = f"""
 What each hidden state of a language model anticipates: for every (layer, token) of a text, the next N tokens
@@ -43,23 +45,56 @@ def reports_root(settings: Settings, model_id: str) -> Path:
     return own if (own / model_id / "eval.json").is_file() else shipped_reports()
 
 
+class StartupError(RuntimeError):
+    """The server cannot start: one line naming the setting, asset, model or database at fault."""
+
+
 def open_store(settings: Settings) -> GridStore:
     """PostgreSQL when `db_url` is set (replicas share it), else the SQLite file at `db_path`."""
-    return PostgresGridStore(settings.db_url) if settings.db_url else SQLiteGridStore(settings.db_path)
+    if settings.db_url:
+        from future_lens.server.store import PostgresGridStore  # the `postgres` extra: imported only when used
+
+        return PostgresGridStore(settings.db_url)
+    return SQLiteGridStore(settings.sqlite_path())
+
+
+def load_service(settings: Settings) -> LensService:
+    """The served model and its lenses; a model that cannot be loaded is a `StartupError` naming it."""
+    try:
+        return LensService.load(settings.model, settings.device, settings.dtype, settings.prompt_dir, settings.limits)
+    except (ModelNotAvailableError, ValueError, OSError) as error:
+        raise StartupError(f"model {settings.model!r}: {error}") from None
+
+
+def checked_store(settings: Settings) -> GridStore:
+    """The permalink store, opened last (so a failed start leaves no database file); failures name the database."""
+    where = "FUTURE_LENS_DB_URL" if settings.db_url else str(settings.sqlite_path())
+    try:
+        return open_store(settings)
+    except (StoreError, OSError) as error:
+        raise StartupError(f"permalink database {where}: {error}") from None
 
 
 def create_app(
     settings: Settings | None = None, service: LensService | None = None, store: GridStore | None = None
 ) -> FastAPI:
-    """An app serving one model; pass `service` to reuse an already loaded model, `store` to override `open_store`."""
+    """An app serving one model; pass `service` to reuse an already loaded model, `store` to override `open_store`.
+
+    Checks run cheapest first (the packaged assets, then the model, then the database): a `StartupError` says what
+    is wrong before anything is written."""
+    tolerate_object_mounts()  # anyio works even if nnsight mounted `.save` on every object (nnsight_safety.py)
     settings = settings or Settings()
-    service = service or LensService.load(settings.model, settings.device, settings.dtype, settings.prompt_dir)
-    store = store or open_store(settings)
+    try:
+        static_dir = packaged_required("server", "static")
+        templates = template_environment(packaged_required("server", "templates"))
+    except MissingAssetError as error:
+        raise StartupError(str(error)) from None
+    service = service or load_service(settings)
+    store = store or checked_store(settings)
     worker = InferenceWorker(settings.max_queue, settings.request_timeout_s, max_batch_cost=settings.merge_max_cells)
     secret = settings.secret.get_secret_value().encode() if settings.secret else None
     keeper = GridKeeper(service, store, worker, secret)
     janitor = RetentionJanitor(store, retention_policy(settings), settings.retention_interval_s)
-    static_dir = packaged_required("server", "static")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -82,12 +117,12 @@ def create_app(
     app.state.store = store
     app.state.keeper = keeper
     app.state.janitor = janitor
-    app.state.templates = template_environment(packaged_required("server", "templates"))
+    app.state.templates = templates
     app.state.reports_dir = reports_root(settings, service.model.id)
     app.state.asset_version = asset_version(static_dir)
 
     install_error_handlers(app)
-    install_body_limit(app, get_limits().max_body_bytes)
+    install_body_limit(app, service.limits.max_body_bytes)
     app.state.rate_limit = (  # read by every route that spends model time (future_lens/server/web/ratelimit.py)
         None
         if settings.rate_limit_per_minute is None

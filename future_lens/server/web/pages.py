@@ -13,11 +13,10 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from future_lens.server.config import get_limits
+from future_lens import defaults
 from future_lens.lens.grid import SCHEMA, Grid
 from future_lens.lens.layers import strided_layers
 from future_lens.lens.lenses import PAPER_FIXED_PROMPT
-from future_lens.service import GridRequest, InvalidRequestError, method_labels, parse_request
 from future_lens.server.store import is_grid_id
 from future_lens.server.web.keeper import GridKeeper, KeptGrid, keeper_of, permalink_path
 from future_lens.server.web.ratelimit import SPENDS_MODEL_TIME
@@ -25,6 +24,7 @@ from future_lens.server.web.render import GridView, grid_view, infer_stride, row
 from future_lens.server.web.reports import PLOTS, load_eval_report, plot_path, served_calibration
 from future_lens.server.web.streaming import StreamEvent, StreamHead, StreamRow, follow, start_stream, stream_failure
 from future_lens.server.worker import QueueFullError
+from future_lens.service import GridRequest, InvalidRequestError, method_labels, parse_request
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,8 +42,8 @@ class FormState:
     """What the form shows: the last submitted values, or the defaults."""
 
     text: str = EXAMPLE_TEXT
-    method: str = "future"
-    n_future: str = "4"
+    method: str = defaults.METHOD
+    n_future: str = str(defaults.N_FUTURE)
     stride: str = str(DEFAULT_STRIDE)
     prompt: str = PAPER_FIXED_PROMPT
 
@@ -68,7 +68,7 @@ def render_html(request: Request, template: str, **context: object) -> str:
     return state.templates.get_template(template).render(
         asset_version=state.asset_version,
         model=keeper.service.model,
-        limits=get_limits(),
+        limits=keeper.service.limits,
         n_layers=keeper.service.model.adapter.n_layers,
         methods=keeper.service.available_methods(),
         method_labels=method_labels(),
@@ -127,8 +127,8 @@ def index(request: Request) -> HTMLResponse:
 
 def submitted_form(
     text: Annotated[str, Form()] = "",
-    method: Annotated[str, Form()] = "future",
-    n_future: Annotated[str, Form()] = "4",
+    method: Annotated[str, Form()] = defaults.METHOD,
+    n_future: Annotated[str, Form()] = str(defaults.N_FUTURE),
     stride: Annotated[str, Form()] = str(DEFAULT_STRIDE),
     prompt: Annotated[str, Form()] = PAPER_FIXED_PROMPT,
 ) -> FormState:
@@ -154,9 +154,9 @@ def submit_grid(request: Request, form: SubmittedForm) -> Response:
             return render(request, "_error.html", status=422, error=problem)
         return render(request, "index.html", status=422, error=problem, **page_context(request, keeper, form))
     if not is_htmx:
-        return RedirectResponse(pushed_permalink(kept, form), status_code=303)
+        return RedirectResponse(pushed_permalink(kept, form, keeper.service.limits.max_n_future), status_code=303)
     response = render(request, "_result.html", **page_context(request, keeper, form, kept))
-    response.headers["HX-Push-Url"] = pushed_permalink(kept, form)
+    response.headers["HX-Push-Url"] = pushed_permalink(kept, form, keeper.service.limits.max_n_future)
     return response
 
 
@@ -181,7 +181,10 @@ def stream_event(request: Request, event: StreamEvent, form: FormState, head: Gr
         return ServerSentEvent(json.dumps(payload), event="row")
     kept = event.kept
     html = render_html(request, "_result.html", **page_context(request, keeper_of(request), form, kept))
-    return ServerSentEvent(json.dumps({"html": html, "permalink": pushed_permalink(kept, form)}), event="done")
+    max_n_future = keeper_of(request).service.limits.max_n_future
+    return ServerSentEvent(
+        json.dumps({"html": html, "permalink": pushed_permalink(kept, form, max_n_future)}), event="done"
+    )
 
 
 def failed_event(request: Request, field: str | None, message: str) -> ServerSentEvent:
@@ -198,8 +201,8 @@ def kept_view_of(request: Request, grid: Grid) -> GridView:
 async def stream_grid(
     request: Request,
     text: str = "",
-    method: str = "future",
-    n_future: str = "4",
+    method: str = defaults.METHOD,
+    n_future: str = str(defaults.N_FUTURE),
     stride: str = str(DEFAULT_STRIDE),
     prompt: str = PAPER_FIXED_PROMPT,
 ) -> EventSourceResponse:
@@ -230,30 +233,30 @@ async def stream_grid(
     return EventSourceResponse(events(), headers=headers, ping=15)
 
 
-def submitted_n(value: str | None) -> int | None:
+def submitted_n(value: str | None, max_n_future: int) -> int | None:
     """A form's or a permalink's N as a number, or None when it is not one the form accepts."""
     try:
         n_future = int(value or "")
     except ValueError:
         return None
-    return n_future if 1 <= n_future <= get_limits().max_n_future else None
+    return n_future if 1 <= n_future <= max_n_future else None
 
 
-def pushed_permalink(kept: KeptGrid, form: FormState) -> str:
+def pushed_permalink(kept: KeptGrid, form: FormState, max_n_future: int) -> str:
     """The permalink the address bar gets after a submit: `/g/{id}`, plus `?n=` the submitted N when the stored
     request's N differs (next-token lenses store N = 1), so that reopening it refills the form as submitted."""
     path = permalink_path(kept.id)
-    n_future = submitted_n(form.n_future)
+    n_future = submitted_n(form.n_future, max_n_future)
     return path if n_future is None or n_future == kept.request.get("n_future") else f"{path}?n={n_future}"
 
 
-def form_from_stored(kept: KeptGrid, n_layers: int, n: str | None = None) -> FormState:
+def form_from_stored(kept: KeptGrid, n_layers: int, max_n_future: int, n: str | None = None) -> FormState:
     """The form as its author submitted it, as far as the stored canonical request tells; `n` (the permalink's
     `?n=`, when valid) is the submitted N, which the request of a next-token lens does not keep."""
     request = kept.request
     layers = [int(layer) for layer in request.get("layers", [])]
     stride = infer_stride(layers, n_layers)
-    n_future = submitted_n(n) or request.get("n_future", 4)
+    n_future = submitted_n(n, max_n_future) or request.get("n_future", defaults.N_FUTURE)
     return FormState(
         text=str(request.get("text", EXAMPLE_TEXT)),
         method=str(request.get("method", "future")),
@@ -270,7 +273,7 @@ def stored_grid_page(request: Request, grid_id: str, n: str | None = None) -> HT
     kept = keeper.lookup(grid_id) if is_grid_id(grid_id) else None
     if kept is None:
         return render(request, "not_found.html", status=404, grid_id=grid_id)
-    form = form_from_stored(kept, keeper.service.model.adapter.n_layers, n)
+    form = form_from_stored(kept, keeper.service.model.adapter.n_layers, keeper.service.limits.max_n_future, n)
     return render(request, "index.html", **page_context(request, keeper, form, kept))
 
 
