@@ -30,10 +30,11 @@ def readme_library_example() -> str:
 @pytest.mark.embedded
 def test_readme_library_example_runs(embedded_dir, capsys) -> None:
     exec(compile(readme_library_example(), "README.md", "exec"), {})  # our own README
-    printed = capsys.readouterr().out.strip()
-    layer, tokens = printed.split(" ", 1)
+    future_line, logit_line = capsys.readouterr().out.strip().split("\n")
+    layer, tokens = future_line.split(" ", 1)
     assert layer == "6"  # layers "::3" -> 0, 3, 6, ...
     assert len(ast.literal_eval(tokens)) == 4
+    assert logit_line.strip()  # the last layer's top token at the last position, through the logit lens
 
 
 @pytest.mark.embedded
@@ -132,3 +133,18 @@ def test_permalink_id_includes_the_lens_semantics_version(tiny_gpt2, monkeypatch
     before = grid_id(planned.canonical())
     monkeypatch.setattr(service, "LENS_SEMANTICS", service.LENS_SEMANTICS + 1)
     assert grid_id(planned.canonical()) != before
+
+
+def test_the_package_exports_every_lens_and_load_model() -> None:
+    """`from future_lens import ...` gives the same objects as their modules (loaded on first use)."""
+    import future_lens
+    from future_lens import FixedPromptLens as Fixed
+    from future_lens import IdentityPatchscope, JacobianLens, TunedLens, load_model
+    from future_lens.lens import lenses, linear, models
+
+    assert load_model is models.load_model and Fixed is lenses.FixedPromptLens
+    assert IdentityPatchscope is lenses.IdentityPatchscope
+    assert TunedLens is linear.TunedLens and JacobianLens is linear.JacobianLens
+    assert set(future_lens.__all__) <= set(dir(future_lens)) | {"__version__"}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        future_lens.nope  # noqa: B018
