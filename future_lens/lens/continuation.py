@@ -10,10 +10,18 @@ decoded on its own instead.
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from future_lens.lens.architectures import attention_window
-from future_lens.lens.engine import full_cache, greedy_continuation, rows_cache
+from future_lens.lens.engine import greedy_continuation
+from future_lens.lens.kv_cache import (
+    KVCache,
+    cache_keys_values,
+    cached_forward,
+    full_cache,
+    full_mask,
+    partial_mask,
+    rows_cache,
+)
 from future_lens.lens.models import LoadedModel
 from future_lens.lens.source import SourcePass
 
@@ -36,7 +44,7 @@ def model_continuations(
     return _all_positions_together(model, prefix, token_ids, steps, text)
 
 
-def _text_pass(model: LoadedModel, ids: list[int], n_prefix: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+def _text_pass(model: LoadedModel, ids: list[int], n_prefix: int) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
     """The text's keys/values and the model's greedy next token (with its probability) after each text position."""
     cache = full_cache(model)
     out = _text_forward(model, cache, ids)
@@ -49,25 +57,24 @@ def _all_positions_together(
     prefix: list[int],
     token_ids: list[int],
     steps: int,
-    text: tuple[DynamicCache, torch.Tensor, torch.Tensor],
+    text: tuple[KVCache, torch.Tensor, torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device, n_prefix, n_tokens = model.device, len(prefix), len(token_ids)
     length = n_prefix + n_tokens
     cache, best_ids, best_probs = text
     ids, chosen = [best_ids], [best_probs]
     if steps > 1:
-        text_cache = [(layer.keys, layer.values) for layer in cache.layers]
+        text_cache = cache_keys_values(cache)
         rows = rows_cache(model, text_cache, torch.zeros(n_tokens, dtype=torch.long), capacity=length + steps - 1)
         ends = n_prefix + torch.arange(n_tokens, device=device)  # row t: the text up to position P+t
-        text_mask = (torch.arange(length, device=device)[None] <= ends[:, None]).long()
+        text_visible = torch.arange(length, device=device)[None] <= ends[:, None]
         for step in range(1, steps):
-            mask = torch.cat([text_mask, torch.ones(n_tokens, step, dtype=torch.long, device=device)], dim=1)
-            out = model.hf(
+            out = cached_forward(
+                model,
+                rows,
                 input_ids=ids[-1][:, None],
                 position_ids=(ends + step)[:, None],
-                attention_mask=mask,
-                cache=rows,
-                use_cache=True,
+                attention_mask=partial_mask(text_visible, step),
                 logits_to_keep=1,
             )
             best_probs, best_ids = torch.softmax(out.logits[:, -1].float(), dim=-1).max(dim=-1)
@@ -90,7 +97,7 @@ def _one_position_at_a_time(
     return torch.stack(ids).cpu(), torch.stack(probs).cpu()
 
 
-def _text_forward(model: LoadedModel, cache: DynamicCache, ids: list[int]):
+def _text_forward(model: LoadedModel, cache: KVCache, ids: list[int]):
     """One forward over token `ids` (batch of one) into an empty `cache`, with the explicit all-ones mask."""
     input_ids = torch.tensor([ids], device=model.device)
-    return model.hf(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), cache=cache, use_cache=True)
+    return cached_forward(model, cache, input_ids=input_ids, attention_mask=full_mask(1, len(ids), model.device))

@@ -19,10 +19,18 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PretrainedConfig
-from transformers.cache_utils import DynamicLayer
+from transformers import PretrainedConfig
 
 from future_lens.lens.interventions import distinct, patch_block_outputs
+from future_lens.lens.kv_cache import (
+    KeysValues,
+    KVCache,
+    cache_keys_values,
+    cached_forward,
+    full_cache,
+    full_mask,
+    rows_cache,
+)
 from future_lens.lens.models import LoadedModel
 
 
@@ -100,9 +108,6 @@ def first_token_stats(log_probs: torch.Tensor, reference: CellReference, compare
     return CellStats(rank, entropy, kl)
 
 
-KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys and values, [rows, heads, positions, d_head]
-
-
 #: Most rows per forward: on CPU larger chunks stopped paying off in `make bench` (512); on a GPU memory decides.
 MAX_CHUNK_ROWS = {"cpu": 512, "cuda": 4096}
 #: Share of the free memory one chunk may use (the rest: the model's own activations, other requests, fragmentation).
@@ -146,16 +151,6 @@ def default_chunk_rows(model: LoadedModel, positions: int) -> int:
     return rows_that_fit(per_row, free_memory(model.device), model.device.type)
 
 
-def full_cache(model: LoadedModel, capacity: int = 0) -> DynamicCache:
-    """A cache that keeps every position in every layer, also where the model slides a window: lens contexts are
-    short, the window's masking still comes from the config, and sliding layers that drop positions would give the
-    layers different lengths (wrong positions and masks). With `capacity` (total positions) layers write into
-    preallocated buffers (inference only)."""
-    cache = DynamicCache(config=model.hf.config)
-    cache.layers = [PreallocatedLayer(capacity) if capacity else DynamicLayer() for _ in cache.layers]
-    return cache
-
-
 def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> KeysValues:
     """Keys/values of positions 0..P-2 of each context ([G, P, d]) for every block: list of ([G,...], [G,...]).
 
@@ -163,8 +158,8 @@ def prefix_keys_values(model: LoadedModel, contexts: torch.Tensor) -> KeysValues
     if contexts.shape[1] == 1:
         return []
     cache = full_cache(model)
-    model.hf(inputs_embeds=contexts[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    cached_forward(model, cache, inputs_embeds=contexts[:, :-1], logits_to_keep=1)
+    return cache_keys_values(cache)
 
 
 class PrefixStore:
@@ -193,58 +188,21 @@ class PrefixStore:
         ]
 
 
-class PreallocatedLayer(DynamicLayer):
-    """A dynamic cache layer that writes each step into a buffer sized for the whole decode instead of concatenating
-    (which copies the whole cache at every step). Keys/values are views of the filled part; inference only."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self.key_buffer = key_states.new_empty((*key_states.shape[:-2], self.capacity, key_states.shape[-1]))
-        self.value_buffer = value_states.new_empty((*value_states.shape[:-2], self.capacity, value_states.shape[-1]))
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"cache capacity {self.capacity} exceeded")
-        self.key_buffer[..., self.length : end, :] = key_states
-        self.value_buffer[..., self.length : end, :] = value_states
-        self.length = end
-        self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
-        return self.keys, self.values
-
-
-def rows_cache(model: LoadedModel, prefix: KeysValues, rows: torch.Tensor, capacity: int = 0) -> DynamicCache:
-    """A fresh cache holding, for each row, the prefix keys/values of context `rows[r]` (a forward mutates it).
-
-    With `capacity` (total positions, prefix included) plain layers write into preallocated buffers (inference)."""
-    cache = full_cache(model, capacity)
-    for index, (keys, values) in enumerate(prefix):
-        cache.update(keys[rows], values[rows], index)
-    return cache
-
-
-def next_token_logits(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
+def next_token_logits(model: LoadedModel, cache: KVCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
     """One position for every row on top of `past` cached positions; float32 logits of the next token."""
     rows = next(iter(inputs.values())).shape[0]
-    mask = torch.ones(rows, past + 1, dtype=torch.long, device=model.device)  # prefix + new token, always explicit
-    out = model.hf(**inputs, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+    mask = full_mask(rows, past + 1, model.device)  # prefix + new token, always explicit
+    out = cached_forward(model, cache, **inputs, attention_mask=mask, logits_to_keep=1)
     return out.logits[:, -1].float()
 
 
-def next_token_probs(model: LoadedModel, cache: DynamicCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
+def next_token_probs(model: LoadedModel, cache: KVCache, past: int, **inputs: torch.Tensor) -> torch.Tensor:
     """`next_token_logits` as float32 probabilities."""
     return torch.softmax(next_token_logits(model, cache, past, **inputs), dim=-1)
 
 
 def greedy_continuation(
-    model: LoadedModel, cache: DynamicCache, length: int, probs: torch.Tensor, steps: int
+    model: LoadedModel, cache: KVCache, length: int, probs: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens [R, steps] and their probabilities, starting from `probs` [R, V] (the next-token distribution
     after `length` cached positions) and feeding each chosen token back through the cached model.

@@ -9,20 +9,18 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from future_lens.lens.continuation import model_continuations
 from future_lens.lens.engine import CellPredictions, CellReference
+from future_lens.lens.kv_cache import cache_keys_values
 from future_lens.lens.models import LoadedModel
+from future_lens.lens.protocol import LensLike
 from future_lens.lens.source import SourcePass, run_source_pass, tokenize
 from future_lens.lens.staggered import ContinuationRows, Finished, can_decode_alongside, decode_staggered
 from future_lens.lens.tokens import TokenRenderer
-
-if TYPE_CHECKING:  # lenses build grids through this module (`Lens.grid`); no import cycle at run time
-    from future_lens.lens.lenses import Lens
 
 SCHEMA = "future-lens.grid/3"
 
@@ -105,7 +103,8 @@ def model_info(model: LoadedModel) -> ModelInfo:
 
 
 class _TokenTexts:
-    """Renders token ids (text and raw piece, once per id) from their vocabulary pieces: see future_lens/lens/tokens.py."""
+    """Renders token ids (text and raw piece, once per id) from their vocabulary pieces: see
+    future_lens/lens/tokens.py."""
 
     def __init__(self, model: LoadedModel):
         self.render = TokenRenderer(model.tokenizer)
@@ -170,7 +169,7 @@ class _TextGrid:
 
     def __init__(
         self,
-        lens: Lens,
+        lens: LensLike,
         text: str,
         layers: list[int],
         n_future: int,
@@ -254,7 +253,9 @@ class _TextGrid:
         )
 
 
-def _predict(lens: Lens, inputs: Sequence[tuple[torch.Tensor, torch.Tensor, CellReference]], n_future: int, top_k: int):
+def _predict(
+    lens: LensLike, inputs: Sequence[tuple[torch.Tensor, torch.Tensor, CellReference]], n_future: int, top_k: int
+):
     """The lens on the cells of several texts at once (with first-token statistics where the lens measures them)."""
     states = torch.cat([i[0] for i in inputs])
     layer_ids = torch.cat([i[1] for i in inputs])
@@ -269,7 +270,7 @@ def _predict(lens: Lens, inputs: Sequence[tuple[torch.Tensor, torch.Tensor, Cell
     return lens.predict(states, layer_ids, n_future, top_k, reference=reference)
 
 
-def compute_grids(lens: Lens, texts: Sequence[str], layers: list[int], n_future: int, top_k: int) -> list[Grid]:
+def compute_grids(lens: LensLike, texts: Sequence[str], layers: list[int], n_future: int, top_k: int) -> list[Grid]:
     """Grids for several texts (`layers` resolved, `n_future` already capped by the lens): one source pass per
     text, then the cells of all texts through the lens together. Public entry point: `Lens.grid`/`Lens.grids`."""
     started = time.perf_counter()
@@ -302,7 +303,7 @@ class GridStream:
 
     def __init__(
         self,
-        lens: Lens,
+        lens: LensLike,
         text: str,
         layers: list[int],
         n_future: int,
@@ -353,7 +354,7 @@ class GridStream:
             text_grid.compute_continuation()
             return self.lens.predict_waves(states, layer_ids, entering, self.n_future, self.top_k, reference)
         cells, prefixes = staggered
-        keys_values = [(layer.keys, layer.values) for layer in source.cache.layers]
+        keys_values = cache_keys_values(source.cache)
         rows = ContinuationRows(
             keys_values, len(source.context_prefix), source.next_token_ids, source.next_token_probs, self.n_future
         )

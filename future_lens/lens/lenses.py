@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -24,18 +24,17 @@ from future_lens.lens.engine import (
     default_chunk_rows,
     first_token_stats,
     next_token_probs,
-    rows_cache,
 )
 from future_lens.lens.grid import Grid, GridStream, compute_grids
 from future_lens.lens.interventions import patch_block_outputs
+from future_lens.lens.kv_cache import rows_cache
 from future_lens.lens.layers import parse_layers
 from future_lens.lens.models import LoadedModel
 from future_lens.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
+from future_lens.lens.protocol import Distributions, TrackingUnsupportedError  # here for callers too (track.py's)
 from future_lens.lens.source import tokenize
 from future_lens.lens.staggered import Finished, can_stagger, decode_staggered
-
-if TYPE_CHECKING:  # track.py imports this module; `Lens.track` imports it at call time
-    from future_lens.lens.track import Track
+from future_lens.lens.track import Track, compute_track
 
 PAPER_FIXED_PROMPT = 'Hello! Could you please tell me more about "'
 #: The token-identity target of Patchscopes (Ghandeharioun et al. 2024): few-shot "repeat the token", the source
@@ -49,12 +48,6 @@ LayerSelection = str | Sequence[int] | None
 #: Cells per forward (logit lens: per unembedding) while reading whole first-token distributions (`track`): each
 #: row holds a whole-vocabulary distribution.
 DISTRIBUTION_CHUNK_ROWS = 256
-#: (cell indices, their first-token probabilities [rows, V]) for a chunk of cells.
-Distributions = Iterator[tuple[torch.Tensor, torch.Tensor]]
-
-
-class TrackingUnsupportedError(ValueError):
-    """The lens has no first-token distribution to track (a lens that reads no token probabilities)."""
 
 
 def prompt_token_ids(model: LoadedModel, prompt: str) -> list[int]:
@@ -120,8 +113,8 @@ class Lens(ABC):
     ) -> Iterator[Finished]:
         """`predict` for cells in waves (`entering[k]`: the cell indices of wave k, maybe none), yielding after each
         step of work the waves it finished, so that early waves show early and a consumer can stop between steps.
-        Decoding lenses run the waves in one staggered decode (wave k entering at forward k: future_lens/lens/staggered.py)
-        where `staggered` allows; other lenses, one wave after another."""
+        Decoding lenses run the waves in one staggered decode (wave k entering at forward k:
+        future_lens/lens/staggered.py) where `staggered` allows; other lenses, one wave after another."""
         staggered = self.staggered(states, layers, n_future, reference)
         if staggered is not None:
             cells, prefixes = staggered
@@ -188,8 +181,6 @@ class Lens(ABC):
     def track(self, text: str, token_ids: Sequence[int], *, layers: LayerSelection = None) -> Track:
         """Trajectories of `token_ids` through `text`: each one's probability as the first predicted token, and
         its rank, at every chosen layer and position (see future_lens/lens/track.py)."""
-        from future_lens.lens.track import compute_track  # track.py builds on the lenses defined here
-
         return compute_track(self, text, token_ids, parse_layers(layers, self.model.adapter.n_layers))
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from future_lens.lens.architectures import block_output_tensor
-from future_lens.lens.engine import full_cache
+from future_lens.lens.kv_cache import KVCache, cache_arguments, full_cache, full_mask
 from future_lens.lens.models import LoadedModel
 from future_lens.lens.tracing import save
 
@@ -31,7 +30,7 @@ class SourcePass:
     next_token_ids: torch.Tensor  # [n_tokens], the model's greedy prediction after each position
     next_token_probs: torch.Tensor  # [n_tokens]
     next_log_probs: torch.Tensor  # [n_tokens, vocab] float32, the model's whole next-token distribution (log)
-    cache: DynamicCache | None = None  # keys/values of [prefix + tokens] when asked for (`keep_cache`)
+    cache: KVCache | None = None  # keys/values of [prefix + tokens] when asked for (`keep_cache`)
 
 
 def normalize_text(text: str) -> str:
@@ -59,7 +58,7 @@ def run_source_pass(model: LoadedModel, token_ids: list[int], keep_cache: bool =
     envoy = model.nnsight
     blocks = model.adapter.locate_blocks(envoy)
     cache = full_cache(model) if keep_cache else None
-    kept = {"cache": cache, "use_cache": True, "attention_mask": torch.ones_like(ids)} if keep_cache else {}
+    kept = {**cache_arguments(cache), "attention_mask": full_mask(*ids.shape, model.device)} if keep_cache else {}
     with torch.inference_mode(), envoy.trace(ids, **kept):
         outputs = save([block_output_tensor(blocks[i].output) for i in range(model.adapter.n_layers)])
         logits = save(envoy.output.logits)

@@ -20,13 +20,10 @@ from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from future_lens.lens.architectures import attention_window
 from future_lens.lens.engine import (
     CellPredictions,
-    KeysValues,
     PatchedCells,
     PrefixStore,
     bytes_per_row,
@@ -35,6 +32,14 @@ from future_lens.lens.engine import (
     prefix_keys_values,
 )
 from future_lens.lens.interventions import patch_block_outputs
+from future_lens.lens.kv_cache import (
+    KeysValues,
+    StaggeredWindow,
+    additive_mask,
+    cached_forward,
+    fill_staggered_prefix,
+    staggered_cache,
+)
 from future_lens.lens.models import LoadedModel
 
 #: Share of the free memory the cache of all cells of a staggered decode may use (else: one wave after another).
@@ -42,15 +47,6 @@ CACHE_MEMORY_SHARE = 0.25
 
 #: The waves that finished at one forward: (wave index, its cells' predictions in the wave's order).
 Finished = list[tuple[int, CellPredictions]]
-
-
-@dataclass
-class _Window:
-    """Which cache rows the current forward runs (`start:end`) and the slot each of them writes."""
-
-    start: int = 0
-    end: int = 0
-    slots: torch.Tensor | None = None
 
 
 @dataclass
@@ -85,63 +81,6 @@ def can_decode_alongside(model: LoadedModel, text_length: int, n_future: int) ->
     every position visible to the model (no shorter sliding window)."""
     window = attention_window(model.hf.config)
     return window is None or window >= text_length + n_future - 1
-
-
-class StaggeredLayer(DynamicLayer):
-    """A cache layer with one buffer row per decoded row, each forward writing its rows at their own slots. Rows come
-    in groups with their own number of slots (the continuation rows hold the text, the cells only their context), so
-    a group's buffer is as long as it needs; a forward over rows of both gets them padded to the longer. Slots not
-    written are zeros (finite, so the mask's large negative bias removes them exactly); inference only."""
-
-    def __init__(self, window: _Window, groups: Sequence[tuple[int, int]]):
-        super().__init__()
-        self.window, self.groups = window, list(groups)  # (rows, slots) per group, in buffer-row order
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        heads, width = key_states.shape[1], key_states.shape[-1]
-        self.buffers = [
-            (
-                key_states.new_zeros((rows, heads, slots, width)),
-                value_states.new_zeros((rows, value_states.shape[1], slots, width)),
-            )
-            for rows, slots in self.groups
-        ]
-
-    def fill_prefix(self, group: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """The first slots of every row of `group`: keys/values [rows or 1, heads, positions, d_head] each."""
-        if not self.is_initialized:
-            self.lazy_initialization(keys, values)
-        key_buffer, value_buffer = self.buffers[group]
-        key_buffer[:, :, : keys.shape[2]] = keys
-        value_buffer[:, :, : values.shape[2]] = values
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        window, keys, values, first = self.window, [], [], 0
-        for (rows, _), (key_buffer, value_buffer) in zip(self.groups, self.buffers, strict=True):
-            start, end = max(window.start, first), min(window.end, first + rows)
-            if start < end:
-                at = slice(start - window.start, end - window.start)
-                index = torch.arange(end - start, device=key_states.device)
-                key_view, value_view = (
-                    key_buffer[start - first : end - first],
-                    value_buffer[start - first : end - first],
-                )
-                key_view[index, :, window.slots[at]] = key_states[at, :, 0]
-                value_view[index, :, window.slots[at]] = value_states[at, :, 0]
-                keys.append(key_view)
-                values.append(value_view)
-            first += rows
-        if len(keys) == 1:  # the buffer's own rows: views, no copy
-            self.keys, self.values = keys[0], values[0]
-            return self.keys, self.values
-        slots = max(k.shape[2] for k in keys)  # rows of several groups: each padded to the longest, along the slots
-        pad = [(0, 0, 0, slots - k.shape[2]) for k in keys]
-        self.keys = torch.cat([torch.nn.functional.pad(k, p) for k, p in zip(keys, pad, strict=True)])
-        self.values = torch.cat([torch.nn.functional.pad(v, p) for v, p in zip(values, pad, strict=True)])
-        return self.keys, self.values
 
 
 @dataclass
@@ -246,10 +185,9 @@ class _StaggeredRun:
         context_index = cells.context_index[order].to(device)
         self.layers, self.states = cells.layers[order].to(device), cells.states[order].to(device, dtype)
         self.reference = cells.reference.take(order) if cells.reference is not None else None
-        self.window = _Window()
-        self.cache = DynamicCache(config=model.hf.config)
+        self.window = StaggeredWindow()
         groups = [(n_text, self.text_slots), (len(order), self.cell_slots)] if n_text else [(n_rows, self.cell_slots)]
-        self.cache.layers = [StaggeredLayer(self.window, groups) for _ in self.cache.layers]
+        self.cache = staggered_cache(model, self.window, groups)
         long = {"dtype": torch.long, "device": device}
         self.enters = torch.zeros(n_rows, **long)
         self.n_steps = torch.full((n_rows,), n_future, **long)
@@ -265,8 +203,7 @@ class _StaggeredRun:
             self.first_position[text] = positions + 1
             self.sees_until[text] = positions
             first_embeds.insert(0, model.adapter.embed_tokens(alongside.next_ids.to(device)).to(dtype))
-            for layer, (keys, values) in zip(self.cache.layers, alongside.keys_values, strict=True):
-                layer.fill_prefix(0, keys, values)
+            fill_staggered_prefix(self.cache, 0, alongside.keys_values)
         self.first_slot = self.first_position.clone()
         if alongside is not None:
             self.first_slot[:n_text] = alongside.text_length
@@ -277,8 +214,7 @@ class _StaggeredRun:
             else:
                 store, keys = prefixes
                 prefix = store.stacked(list(keys), list(cells.contexts))
-            for layer, (keys_, values) in zip(self.cache.layers, prefix, strict=True):
-                layer.fill_prefix(1 if n_text else 0, keys_[context_index], values[context_index])
+            fill_staggered_prefix(self.cache, 1 if n_text else 0, prefix, rows=context_index)
         top_k = min(top_k, model.adapter.vocab_size)
         self.token_ids = torch.zeros(n_rows, n_future, **long)
         self.token_probs = torch.zeros(n_rows, n_future, dtype=torch.float32, device=device)
@@ -317,8 +253,7 @@ class _StaggeredRun:
         seen = (every <= self.sees_until[start:end, None]) | (
             (every >= self.first_slot[start:end, None]) & (every <= slots[:, None])
         )
-        mask = torch.zeros(end - start, 1, 1, width, dtype=model.dtype, device=device)
-        mask.masked_fill_(~seen[:, None, None], torch.finfo(model.dtype).min)
+        mask = additive_mask(seen, model.dtype)
         self.window.start, self.window.end, self.window.slots = start, end, slots
         newest = next((w for w in self.waves if w.enters == forward), None)
         patched = slice(newest.start, newest.end) if newest is not None else slice(end, end)
@@ -328,12 +263,12 @@ class _StaggeredRun:
             self.states[patched.start - self.n_text : patched.stop - self.n_text],
             first_row=patched.start - start,
         ):
-            out = model.hf(
+            out = cached_forward(
+                model,
+                self.cache,
                 inputs_embeds=embeds[:, None],
                 attention_mask=mask,
                 position_ids=positions[:, None],
-                cache=self.cache,
-                use_cache=True,
                 logits_to_keep=1,
             )
         logits = out.logits[:, -1].float()

@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 
 from future_lens.lens.grid import TokenText
 from future_lens.lens.layers import quoted, shown
-from future_lens.lens.lenses import Lens, TrackingUnsupportedError  # noqa: F401 (re-exported)
 from future_lens.lens.models import LoadedModel
+from future_lens.lens.protocol import LensLike, TrackingUnsupportedError  # noqa: F401 (re-exported)
 from future_lens.lens.source import run_source_pass, tokenize
 from future_lens.lens.tokens import TokenRenderer
 
@@ -53,7 +53,7 @@ def check_token_ids(model: LoadedModel, token_ids: Sequence[int]) -> str | None:
 
 @torch.inference_mode()
 def first_token_scores(
-    lens: Lens, states: torch.Tensor, layers: torch.Tensor, token_ids: Sequence[int]
+    lens: LensLike, states: torch.Tensor, layers: torch.Tensor, token_ids: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For cells `states` [C, d] at blocks `layers` [C]: the probability [C, M] and rank [C, M] of each of
     `token_ids` in the lens's first-token distribution."""
@@ -68,7 +68,7 @@ def first_token_scores(
     return probs, ranks
 
 
-def compute_track(lens: Lens, text: str, token_ids: Sequence[int], layers: list[int]) -> Track:
+def compute_track(lens: LensLike, text: str, token_ids: Sequence[int], layers: list[int]) -> Track:
     """Trajectories of `token_ids` over the cells of `text` on `layers` (resolved): one source pass, then the
     first-token distribution of every cell. Public entry point: `Lens.track`."""
     problem = check_token_ids(lens.model, token_ids)

@@ -21,12 +21,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
-from transformers import DynamicCache
 
 from future_lens.atomic import atomic_path
 from future_lens.server.config import get_limits
 from future_lens.lens.engine import greedy_continuation
 from future_lens.lens.interventions import capture_block_outputs
+from future_lens.lens.kv_cache import cached_forward, new_cache
 from future_lens.lens.models import LoadedModel
 from future_lens.paths import user_cache_dir
 
@@ -126,10 +126,10 @@ def teacher_batch(model: LoadedModel, contexts: torch.Tensor) -> tuple[torch.Ten
     """For equal-length contexts [B, T]: source states [B, L, d], greedy teacher [B, 4], final states [B, 4, d]."""
     prefix = torch.tensor(model.context_prefix, dtype=torch.long).expand(len(contexts), -1)
     ids = torch.cat([prefix, contexts], dim=1).to(model.device)
-    cache = DynamicCache(config=model.hf.config)
+    cache = new_cache(model)
     n_layers = model.adapter.n_layers
     with capture_block_outputs(model.adapter) as captured:  # every block's output, one forward after another
-        out = model.hf(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        out = cached_forward(model, cache, input_ids=ids, logits_to_keep=1)
         probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
         teacher, _ = greedy_continuation(model, cache, ids.shape[1], probs, TEACHER_LEN)
     states = torch.stack(captured[:n_layers], dim=1).float()

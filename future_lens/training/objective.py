@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from future_lens.lens.engine import prefix_keys_values, rows_cache
+from future_lens.lens.engine import prefix_keys_values
 from future_lens.lens.interventions import patch_block_outputs
+from future_lens.lens.kv_cache import cached_forward, full_mask, rows_cache
 from future_lens.lens.models import LoadedModel
 
 
@@ -31,9 +32,9 @@ def patched_logits(
     if teacher.shape[1]:
         embeds = torch.cat([embeds, model.adapter.embed_tokens(teacher).to(embeds.dtype)], dim=1)
     rows, length = embeds.shape[:2]
-    mask = torch.ones(rows, contexts.shape[1] - 1 + length, dtype=torch.long, device=embeds.device)
+    mask = full_mask(rows, contexts.shape[1] - 1 + length, embeds.device)
     with patch_block_outputs(model.adapter, layers, states, position=0):
-        out = model.hf(inputs_embeds=embeds, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=keep)
+        out = cached_forward(model, cache, inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep)
     return out.logits
 
 
