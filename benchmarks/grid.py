@@ -24,7 +24,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTJCo
 
 from future_lens.lens.architectures import block_output_tensor
 from future_lens.lens.lenses import FutureLens
-from future_lens.lens.models import CATALOG, DEFAULT_MODEL, LoadedModel, converted_dir, load_model, resolve_dtype, wrap_model
+from future_lens.lens.models import (
+    CATALOG,
+    DEFAULT_MODEL,
+    LoadedModel,
+    converted_dir,
+    load_model,
+    resolve_dtype,
+    wrap_model,
+)
 from future_lens.lens.prompts import SoftPromptSet, default_prompt_dir, load_soft_prompts
 from future_lens.lens.source import run_source_pass, tokenize
 from future_lens.lens.tracing import save

@@ -2,7 +2,7 @@
 
 Run: `python -m benchmarks.merge` (options: `--clients`, `--requests` per client, `--layers`, `--n-future`). The model
 is loaded once; two keepers serve the same request mix side by side, one whose worker merges waiting requests
-(`merge_max_cells`, default from future_lens/server/config.py) and one that runs one request per pass (cap 0). Each client sends its
+(`merge_max_cells`, default from server/config.py) and one that runs one request per pass (cap 0). Each client sends its
 requests one after the other (a new text each time, so nothing comes from the store) and times each answer. Prints
 throughput (grids/s) and p50/p95 latency for both and their ratios; the last line is JSON. A warm-up round runs
 first; the modes then alternate round by round, so background load hits both alike.
@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from future_lens.server.config import Settings
 from future_lens.lens.models import DEFAULT_MODEL
-from future_lens.service import LensService, parse_request
+from future_lens.server.config import Settings
 from future_lens.server.store import MemoryGridStore
 from future_lens.server.web.keeper import GridKeeper
 from future_lens.server.worker import InferenceWorker
+from future_lens.service import LensService, parse_request
 
 SUBJECTS = ["The river", "My neighbour", "A small lamp", "The violin", "Seven engines", "Her garden", "Silver", "He"]
 VERBS = ["is", "was found near", "makes", "belongs to", "runs past", "looks like"]

@@ -5,7 +5,7 @@ two settings: the page's defaults (future lens, N=4, layer stride 2: 16 of 30 la
 grid shows nothing before it is whole, so its time to first row is its full time. Each figure is the median of
 `--repeats` interleaved rounds after one warm-up run of each mode (prefix keys/values cached, as on a running
 server); the last line is JSON. Streamed modes: the shipped schedule (`stream_waves`: two rows first, the rest as
-they leave, overlapped in one running decode, future_lens/lens/staggered.py), and the same waves decoded one after another
+they leave, overlapped in one running decode, lens/staggered.py), and the same waves decoded one after another
 (each its own batched decode, as streaming first worked), which shows what overlapping saves.
 """
 

@@ -7,7 +7,7 @@ all read these names. The server may tighten or loosen the bounds (`FUTURE_LENS_
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass, field, fields
 
 #: The lens a request uses when it names none: the learned soft prompts of the Future Lens paper.
 METHOD = "future"
@@ -19,19 +19,29 @@ TOP_K = 5
 LAYERS = "all"
 
 
-class Limits(BaseModel):
-    """Bounds on one request, sized so a 2-core CPU answers a full-size request in seconds."""
+def _bound(default: int, description: str) -> int:
+    return field(default=default, metadata={"description": description})
 
-    model_config = ConfigDict(frozen=True)
 
-    max_text_chars: int = Field(2000, ge=1, description="longest input text, in characters")
-    max_text_tokens: int = Field(64, ge=1, description="longest input text, in tokens")
-    max_n_future: int = Field(8, ge=1, description="most future tokens per cell")
-    max_top_k: int = Field(20, ge=1, description="most alternatives listed for a cell's first token")
-    max_prompt_chars: int = Field(500, ge=1, description="longest fixed prompt, in characters")
-    max_prompt_tokens: int = Field(64, ge=1, description="longest fixed prompt, in tokens")
-    max_track_tokens: int = Field(8, ge=1, description="most token ids one request may track (`track`)")
-    max_body_bytes: int = Field(64_000, ge=1, description="largest request body")
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one request, sized so a 2-core CPU answers a full-size request in seconds (standard library only,
+    so the notebook client imports it without pydantic)."""
+
+    max_text_chars: int = _bound(2000, "longest input text, in characters")
+    max_text_tokens: int = _bound(64, "longest input text, in tokens")
+    max_n_future: int = _bound(8, "most future tokens per cell")
+    max_top_k: int = _bound(20, "most alternatives listed for a cell's first token")
+    max_prompt_chars: int = _bound(500, "longest fixed prompt, in characters")
+    max_prompt_tokens: int = _bound(64, "longest fixed prompt, in tokens")
+    max_track_tokens: int = _bound(8, "most token ids one request may track (`track`)")
+    max_body_bytes: int = _bound(64_000, "largest request body")
+
+    def __post_init__(self) -> None:
+        for bound in fields(self):
+            value = getattr(self, bound.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{bound.name} must be a whole number of at least 1, got {value!r}")
 
 
 #: The bounds when nobody configured others (the library's and the CLI's; the server reads its own from settings).

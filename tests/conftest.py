@@ -218,7 +218,7 @@ def tiny_model_named(request: pytest.FixtureRequest, name: str) -> LoadedModel:
 TINY_MODELS = ["tiny_gptj", "tiny_llama", "tiny_gpt2"]
 #: A tiny model of every family in `future_lens.lens.architectures.ARCHITECTURES` (fixture names, `TINY_CONFIGS` keys):
 #: `@pytest.mark.parametrize("tiny_model", ALL_ARCHITECTURES, indirect=True)`. Sliding windows (4) are shorter than
-#: the lens contexts, so the engine's caches must keep every prefix position (`engine.full_cache`).
+#: the lens contexts, so the engine's caches must keep every prefix position (`kv_cache.full_cache`).
 ALL_ARCHITECTURES = [*TINY_MODELS, *TINY_CONFIGS]
 
 

@@ -1,4 +1,4 @@
-"""Invisible characters made visible (future_lens/lens/display.py): the one table the CLI, the page, its popovers and the
+"""Invisible characters made visible (lens/display.py): the one table the CLI, the page, its popovers and the
 exports read. Every space, separator, format and control character gets a visible, non-empty mark; the popover
 names the unusual ones by code point."""
 

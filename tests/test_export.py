@@ -1,4 +1,4 @@
-"""Exports of a grid (future_lens/export): SVG, PNG, CSV (and back), offline HTML; through the API, the page and the CLI.
+"""Exports of a grid (export/): SVG, PNG, CSV (and back), offline HTML; through the API, the page and the CLI.
 
 Most tests use hand-made grids whose token text is hostile (markup, quotes, control characters, wide characters);
 the API and CLI tests compute real grids with a tiny random GPT-J, so nothing here needs the embedded model. The

@@ -85,7 +85,7 @@ def test_an_installed_package_without_the_pages_files_says_so(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "static").mkdir()
     (tmp_path / "static" / "lens.css").write_text(".from-cwd { color: red; }\n")
-    with pytest.raises(html.MissingPageAssetError, match="lens.css"):
+    with pytest.raises(html.MissingPageAssetError, match=r"lens\.css"):
         html.page_asset("lens.css")
 
 

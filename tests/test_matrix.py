@@ -679,9 +679,15 @@ def test_the_docs_table_is_the_registry() -> None:
     assert with_toy_removed  # the toy is registered for this module: the docs list the real ones
     shipped = Path(__file__).resolve().parents[1] / "docs" / "lenses.md"
     generated = subprocess.run(
-        [sys.executable, "-m", "future_lens.lens.registry"], capture_output=True, text=True, check=True, cwd=shipped.parents[1]
+        [sys.executable, "-m", "future_lens.lens.registry"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=shipped.parents[1],
     ).stdout
-    assert shipped.read_text() == generated, "docs/lenses.md is stale: python -m future_lens.lens.registry > docs/lenses.md"
+    assert shipped.read_text() == generated, (
+        "docs/lenses.md is stale: python -m future_lens.lens.registry > docs/lenses.md"
+    )
     for spec in with_toy_removed:
         assert f"`{spec.name}`" in generated and spec.label in generated
 

@@ -18,6 +18,9 @@ from tests.webapp_helpers import random_prompt_dir
 #: Probabilities of a merged and a lone computation may differ in float32 rounding (rows are batched differently);
 #: token ids, texts and everything else must be equal.
 PROB_TOLERANCE = 1e-5
+# An entropy sums p·log p over the whole vocabulary (49,152 terms for SmolLM2): float32 summation order alone moves it
+# by ~1e-5 nats between batch shapes on some CPUs (seen: 1.3e-5 at 3.93 nats), so it is compared relatively.
+ENTROPY_RELATIVE_TOLERANCE = 1e-5
 TIMING = "timings_ms"
 
 
@@ -41,7 +44,9 @@ def assert_same_document(merged_json: str, alone_json: str, where: str = "") -> 
 
 
 def assert_same_value(merged: object, alone: object, where: str) -> None:
-    if isinstance(alone, float) and isinstance(merged, float):
+    if isinstance(alone, float) and isinstance(merged, float) and where.endswith(".entropy"):
+        assert merged == pytest.approx(alone, abs=PROB_TOLERANCE, rel=ENTROPY_RELATIVE_TOLERANCE), where
+    elif isinstance(alone, float) and isinstance(merged, float):
         assert merged == pytest.approx(alone, abs=PROB_TOLERANCE, rel=0), where
     elif isinstance(alone, dict):
         assert isinstance(merged, dict) and merged.keys() == alone.keys(), where

@@ -40,7 +40,13 @@ def stale_lines(text: str) -> list[tuple[int, str]]:
 
 def test_the_scan_covers_the_places_that_mention_the_schema():
     names = {path.relative_to(ROOT).as_posix() for path in scanned_files()}
-    assert {"README.md", "docs/grid-format.md", "templates/about.html", "future_lens/server/web/app.py", "future_lens/lens/grid.py"} <= names
+    assert {
+        "README.md",
+        "docs/grid-format.md",
+        "templates/about.html",
+        "future_lens/server/web/app.py",
+        "future_lens/lens/grid.py",
+    } <= names
 
 
 def test_every_mention_of_the_grid_schema_is_the_current_one():

@@ -188,6 +188,12 @@ def test_the_ranges_accept_another_torch_without_replacing_it(dist, tmp_path) ->
     (stub / "INSTALLER").write_text("pip\n")
     (stub / "RECORD").write_text("")
     report = tmp_path / "report.json"
-    run([python, "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report), str(dist["wheel"])], cwd=tmp_path)
-    planned = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+    run(
+        [python, "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report), str(dist["wheel"])],
+        cwd=tmp_path,
+    )
+    planned = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
     assert "future-lens" in planned and "torch" not in planned

@@ -17,7 +17,7 @@ Two backends, one result:
   HTML, trajectories and code come from the server's own export routes (`/g/{id}.svg`, ...), so they are exactly
   what the page offers and the notebook needs no model.
 - `server=None`: in-process on a local model (`model=` a catalog id or a local HF directory; default: the embedded
-  SmolLM2), through the same request checks as the server (`future_lens.service`), loaded once per (model, device, dtype,
+  SmolLM2), through the same request checks as the server (`service`), loaded once per (model, device, dtype,
   prompt folder) and kept. The lens library is imported only then: remote use needs no torch.
 
 `Grid` holds the `future-lens.grid` JSON document (`grid.data`, see docs/grid-format.md). Bad requests raise

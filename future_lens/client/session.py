@@ -159,7 +159,8 @@ def lens(
 
     `server`: the URL of a running server (`model`, if given, must be the one it serves); None: compute in this
     process on `model` (catalog id or local HF directory; default the embedded model) on `device` with `dtype`,
-    using the trained prompts in `prompt_dir` (default: the model's, see `future_lens.lens.prompts.default_prompt_dir`). `timeout`: seconds per HTTP call."""
+    using the trained prompts in `prompt_dir` (default: the model's, see `lens.prompts.default_prompt_dir`).
+    `timeout`: seconds per HTTP call."""
     fields = {
         "text": text,
         "method": method,

@@ -1,7 +1,7 @@
 """A grid as one self-contained HTML file: the page's own stylesheet and popover script inlined, the data inline.
 
 One source for both: the file inlines the page's `static/lens.css`, `static/cells.css` and `static/lens.js` as they
-are at export time, plus a small offline addition (`future_lens/export/static/offline.css`, `offline.js`) for what the file
+are at export time, plus a small offline addition (`export/static/offline.css`, `offline.js`) for what the file
 needs beyond the page: its header and footer, positions of a selection in the popover title, and trajectories read
 from the stored top-k (the page's Track asks the server; the file has none). The page's files are found through
 `future_lens/export/page/` (links to `future_lens/server/static/` in a source checkout, copies in an installed wheel).

@@ -1,6 +1,6 @@
 """Token text as the exports show it: whitespace made visible as on the page, and nothing XML cannot hold.
 
-Spaces, newlines, tabs and carriage returns become `·` `↵` `⇥` `␍` (future_lens/lens/display.py); other control characters
+Spaces, newlines, tabs and carriage returns become `·` `↵` `⇥` `␍` (lens/display.py); other control characters
 become backslash escapes as split bytes already are (`\\x00`, `\\x1b`: XML 1.0 cannot hold them), characters XML
 forbids otherwise (lone surrogates, U+FFFE, U+FFFF) become `�`, and an empty token is `∅`. Each piece says whether
 it is such a mark, so a figure can dim the marks as the page does.

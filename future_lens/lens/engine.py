@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig
 
+from future_lens import defaults
 from future_lens.lens.interventions import distinct, patch_block_outputs
 from future_lens.lens.kv_cache import (
     KeysValues,
@@ -253,7 +254,7 @@ def decode_patched(
     cells: PatchedCells,
     *,
     n_future: int,
-    top_k: int = 5,
+    top_k: int = defaults.TOP_K,
     chunk_rows: int | None = None,
     prefixes: tuple[PrefixStore, Sequence[Hashable]] | None = None,
 ) -> CellPredictions:

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from future_lens import defaults
 from future_lens.lens.engine import (
     CellPredictions,
     CellReference,
@@ -151,13 +152,25 @@ class Lens(ABC):
         """Method-specific facts that determine this lens's cells on `layers` (part of a grid's permalink id)."""
         return {}
 
-    def grid(self, text: str, *, layers: LayerSelection = None, n_future: int = 4, top_k: int = 5) -> Grid:
+    def grid(
+        self,
+        text: str,
+        *,
+        layers: LayerSelection = None,
+        n_future: int = defaults.N_FUTURE,
+        top_k: int = defaults.TOP_K,
+    ) -> Grid:
         """The grid of `text`: for each chosen block (`"all"`, `"::3"`, `[0, 5]`; None: all) and token, what the
         hidden state there predicts (N tokens; the logit lens reads 1)."""
         return self.grids([text], layers=layers, n_future=n_future, top_k=top_k)[0]
 
     def grids(
-        self, texts: Sequence[str], *, layers: LayerSelection = None, n_future: int = 4, top_k: int = 5
+        self,
+        texts: Sequence[str],
+        *,
+        layers: LayerSelection = None,
+        n_future: int = defaults.N_FUTURE,
+        top_k: int = defaults.TOP_K,
     ) -> list[Grid]:
         """Grids of several texts; the cells of all texts go through the lens together, in one batched call."""
         chosen = parse_layers(layers, self.model.adapter.n_layers)
@@ -168,8 +181,8 @@ class Lens(ABC):
         text: str,
         *,
         layers: LayerSelection = None,
-        n_future: int = 4,
-        top_k: int = 5,
+        n_future: int = defaults.N_FUTURE,
+        top_k: int = defaults.TOP_K,
         waves: Sequence[Sequence[int]] | None = None,
     ) -> GridStream:
         """The grid of `text` computed a few rows at a time: iterate `.rows()` (rows as they are computed; `waves`,

@@ -18,8 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from future_lens.atomic import atomic_path, atomic_write_json
-from future_lens.lens.models import LoadedModel
 from future_lens.lens.catalog import artifacts_dir
+from future_lens.lens.models import LoadedModel
 from future_lens.paths import user_checkpoints
 
 MANIFEST_SCHEMA = "future-lens.prompts/1"

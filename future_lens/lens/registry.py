@@ -139,7 +139,7 @@ def methods_description() -> str:
 
 
 def docs_table() -> str:
-    """The registered lenses as a Markdown table (docs/lenses.md is this, written by `python -m future_lens.lens.registry`)."""
+    """The registered lenses as a Markdown table (docs/lenses.md, from `python -m future_lens.lens.registry`)."""
     rows = [
         "| method | label | what it reads | N | tracks | needs |",
         "|---|---|---|---|---|---|",

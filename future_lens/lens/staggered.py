@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from future_lens import defaults
 from future_lens.lens.architectures import attention_window
 from future_lens.lens.engine import (
     CellPredictions,
@@ -127,7 +128,7 @@ def decode_staggered(
     entering: Sequence[torch.Tensor],
     *,
     n_future: int,
-    top_k: int = 5,
+    top_k: int = defaults.TOP_K,
     prefixes: tuple[PrefixStore, Sequence[Hashable]] | None = None,
     alongside: ContinuationRows | None = None,
 ) -> Iterator[Finished]:

@@ -269,7 +269,9 @@ def import_prompt(
     layer: Annotated[int, typer.Option(help="the block index it was trained for")],
     model: ModelOption = PAPER_MODEL,
     catalog: CatalogOption = None,
-    prompt_dir: Annotated[Path | None, typer.Option(help="where to write (default: the user's ~/.cache/future-lens/checkpoints/<model>)")] = None,
+    prompt_dir: Annotated[
+        Path | None, typer.Option(help="where to write (default: the user's ~/.cache/future-lens/checkpoints/<model>)")
+    ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
@@ -345,8 +347,16 @@ TrainPoolOption = Annotated[int, typer.Option(help="training examples cut from t
 DevPoolOption = Annotated[int, typer.Option(help="dev examples cut from held-out documents")]
 LayersOption = Annotated[str, typer.Option(help="e.g. all, 0-29, 0,5,10 or ::3")]
 SeedOption = Annotated[int, typer.Option(help="data split, example order and init seed (eval: the one trained with)")]
-PromptDirOption = Annotated[Path | None, typer.Option(help="the soft prompts' folder (read: the model's default, the user's or the package's; train: the user's)")]
-ReportDirOption = Annotated[Path | None, typer.Option(help="where reports and plots go (default: the user's ~/.local/share/future-lens/reports/<model>)")]
+PromptDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="the soft prompts' folder (read: the model's default, the user's or the package's; train: the user's)"
+    ),
+]
+ReportDirOption = Annotated[
+    Path | None,
+    typer.Option(help="where reports and plots go (default: the user's ~/.local/share/future-lens/reports/<model>)"),
+]
 
 
 def run_pipeline(step: Callable[[Options], Path], options: Options) -> None:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from future_lens.defaults import Limits
@@ -13,10 +14,23 @@ from future_lens.lens.models import DEFAULT_MODEL
 from future_lens.paths import default_db_path
 
 
-class LimitSettings(BaseSettings, Limits):
-    """The request bounds of `future_lens.defaults.Limits`, each overridable as `FUTURE_LENS_<NAME>` or in `.env`."""
+def _limit_field(bound: dataclasses.Field) -> tuple[type, object]:
+    return int, Field(bound.default, ge=1, description=bound.metadata["description"])
 
-    model_config = SettingsConfigDict(env_prefix="FUTURE_LENS_", env_file=".env", extra="ignore", frozen=True)
+
+#: The request bounds of `future_lens.defaults.Limits`, each overridable as `FUTURE_LENS_<NAME>` or in `.env`
+#: (its fields are generated from `Limits`, so each bound is written once).
+LimitSettings = create_model(
+    "LimitSettings",
+    __base__=BaseSettings,
+    **{bound.name: _limit_field(bound) for bound in dataclasses.fields(Limits)},
+)
+LimitSettings.model_config = SettingsConfigDict(env_prefix="FUTURE_LENS_", env_file=".env", extra="ignore")
+
+
+def limits_from_environment() -> Limits:
+    """`Limits` as the environment (or `.env`) sets them."""
+    return Limits(**LimitSettings().model_dump())
 
 
 class Settings(BaseSettings):
@@ -68,7 +82,8 @@ class Settings(BaseSettings):
     )
     retention_interval_s: float = Field(600.0, gt=0, description="how often the retention policy is applied")
     limits: Limits = Field(
-        default_factory=LimitSettings, description="bounds on one request (each `FUTURE_LENS_MAX_*`, see Limits)"
+        default_factory=limits_from_environment,
+        description="bounds on one request (each `FUTURE_LENS_MAX_*`, see Limits)",
     )
     reports_dir: Path | None = Field(
         None,

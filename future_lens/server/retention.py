@@ -1,5 +1,6 @@
 """Applying the permalink retention policy (`RetentionPolicy` in future_lens/server/store/base.py): a background
-thread of the app applies it to the store at start and then every `interval_s`. Off (no thread) unless a limit is configured."""
+thread of the app applies it to the store at start and then every `interval_s`.
+Off (no thread) unless a limit is configured."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from future_lens.atomic import atomic_path
-from future_lens.server.config import get_limits
+from future_lens.defaults import DEFAULT_LIMITS
 from future_lens.lens.engine import greedy_continuation
 from future_lens.lens.interventions import capture_block_outputs
 from future_lens.lens.kv_cache import cached_forward, new_cache
@@ -43,7 +43,7 @@ class DataConfig:
     dev_fraction: float = 0.2
     cuts_per_doc: int = 32
     min_context: int = 1
-    max_context: int = field(default_factory=lambda: get_limits().max_text_tokens)  # the grid's longest text
+    max_context: int = DEFAULT_LIMITS.max_text_tokens  # the grid's longest text
     max_train: int = 12_000
     max_dev: int = 960
 

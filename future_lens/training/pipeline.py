@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from future_lens import defaults
 from future_lens.atomic import atomic_write_json, atomic_write_text
 from future_lens.lens import (
     DEFAULT_MODEL,
@@ -25,7 +26,13 @@ from future_lens.lens import (
     load_soft_prompts,
     parse_layers,
 )
-from future_lens.lens.linear import LINEAR_KINDS, LinearLensArtifactError, LinearMaps, load_linear_maps, save_linear_maps
+from future_lens.lens.linear import (
+    LINEAR_KINDS,
+    LinearLensArtifactError,
+    LinearMaps,
+    load_linear_maps,
+    save_linear_maps,
+)
 from future_lens.lens.prompts import default_prompt_dir, output_prompt_dir
 from future_lens.paths import user_reports
 from future_lens.training.data import DataConfig, Dataset, data_cache_root, prepare_dataset, train_token_stream
@@ -66,7 +73,7 @@ class RunOptions:
     """What train and eval share: which model and layers, the data, where outputs go, device and dtype."""
 
     model: str = DEFAULT_MODEL
-    layers: str = "all"
+    layers: str = defaults.LAYERS
     seed: int = 0
     corpus: Path = WORKSPACE_CORPUS
     train_pool: int = DataConfig.max_train

@@ -14,11 +14,11 @@ from fastapi.responses import Response
 from future_lens.export.snippet import SnippetError, cell_snippet, model_recipe
 from future_lens.export.trajectory import TrajectoryError, trajectory_svg
 from future_lens.lens.track import Track
-from future_lens.service import InvalidRequestError, PlannedGrid, parse_request
 from future_lens.server.store import is_grid_id
 from future_lens.server.web.errors import ErrorBody, error_response
-from future_lens.server.web.keeper import GridKeeper, KeptGrid, keeper_of
+from future_lens.server.web.keeper import GridKeeper, KeptGrid, StaleGridError, keeper_of
 from future_lens.server.web.ratelimit import SPENDS_MODEL_TIME
+from future_lens.service import InvalidRequestError, PlannedGrid, parse_request
 
 router = APIRouter()
 
@@ -26,10 +26,6 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "no grid with this id"}}
 BAD = {422: {"model": ErrorBody, "description": "a parameter cannot be used: `field` names it"}}
 STALE = {409: {"model": ErrorBody, "description": "the lens that computed this grid is no longer served"}}
 TokensQuery = Annotated[list[int], Query(description="token ids to track (repeat the parameter for several)")]
-
-
-class StaleGridError(RuntimeError):
-    """The stored grid was computed by a lens (model, prompts) this server no longer has."""
 
 
 def replan(keeper: GridKeeper, kept: KeptGrid, track: list[int] | None = None) -> PlannedGrid:

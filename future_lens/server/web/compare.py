@@ -14,17 +14,25 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from future_lens.lens.diff import DEFAULT_THRESHOLD, CellDiff, ColumnPair, GridDiff, check_threshold, diff_grids, select_rows
+from future_lens.lens.diff import (
+    DEFAULT_THRESHOLD,
+    CellDiff,
+    ColumnPair,
+    GridDiff,
+    check_threshold,
+    diff_grids,
+    select_rows,
+)
 from future_lens.lens.grid import Grid
 from future_lens.lens.layers import LayerSpecError, parse_layers, quoted
 from future_lens.lens.registry import lens_label
-from future_lens.service import InvalidRequestError
 from future_lens.server.store import is_grid_id
 from future_lens.server.web.errors import ErrorBody, error_response
 from future_lens.server.web.keeper import KeptGrid, keeper_of, permalink_path
 from future_lens.server.web.pages import SubmittedForm, form_request, render
 from future_lens.server.web.ratelimit import SPENDS_MODEL_TIME
 from future_lens.server.web.render import GridView, grid_view
+from future_lens.service import InvalidRequestError
 
 router = APIRouter()
 

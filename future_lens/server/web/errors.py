@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from future_lens.service import InvalidRequestError
 from future_lens.server.store import StoreError
-from future_lens.server.web.keeper import ClientGoneError
+from future_lens.server.web.keeper import ClientGoneError, StaleGridError
 from future_lens.server.web.ratelimit import RateLimitedError
 from future_lens.server.worker import DeadlineExceededError, QueueFullError, WorkerStoppedError
+from future_lens.service import InvalidRequestError
 
 log = logging.getLogger("future_lens.web")
 LOCATION_PREFIXES = {"body", "query", "path", "form", "header", "cookie"}
@@ -129,8 +129,6 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(503, None, "the permalink database is unavailable; try again shortly")
         response.headers["Retry-After"] = "5"
         return response
-
-    from future_lens.server.web.cells import StaleGridError  # here: future_lens.server.web.cells imports this module
 
     @app.exception_handler(StaleGridError)
     async def stale_grid(_: Request, error: StaleGridError) -> JSONResponse:

@@ -5,7 +5,7 @@ request (resolved layers, effective N, the fixed prompt), the model's id, weight
 hashes of the soft prompts used. So an identical request is served from the store, a retrained prompt gives a new id
 instead of changing old links, and without the secret nobody can tell whether a given text was submitted.
 
-All model work runs on one `InferenceWorker` (future_lens/server/worker.py): a bounded queue in front of a single thread, so the
+All model work runs on one `InferenceWorker` (server/worker.py): a bounded queue in front of a single thread, so the
 model never runs two requests at once, identical concurrent requests are computed once (single flight keyed by the
 permalink id), a full queue is refused at once and work nobody waits for any more is skipped. Waiting requests that
 differ only in their text (`PlannedGrid.merge_group`) are computed together in one engine pass, up to the worker's
@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from future_lens.lens import Grid
-from future_lens.service import GridRequest, LensService, PlannedGrid
 from future_lens.server.store import GridStore, StoredGrid, grid_id, new_stored_grid
 from future_lens.server.worker import DeadlineExceededError, InferenceWorker, Merge, Ticket
+from future_lens.service import GridRequest, LensService, PlannedGrid
+
+
+class StaleGridError(RuntimeError):
+    """The stored grid was computed by a lens (model, prompts) this server no longer has."""
 
 
 class ClientGoneError(RuntimeError):

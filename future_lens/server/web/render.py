@@ -15,7 +15,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from future_lens.export.palette import EMPTY_TOKEN_MARK, percent, prob_bucket
-from future_lens.lens.display import ORDINARY_WHITESPACE, WHITESPACE_MARKS, code_point_name, is_code_mark, named_characters
+from future_lens.lens.display import (
+    ORDINARY_WHITESPACE,
+    WHITESPACE_MARKS,
+    code_point_name,
+    is_code_mark,
+    named_characters,
+)
 from future_lens.lens.grid import Cell, Grid, TokenProb
 from future_lens.lens.layers import strided_layers
 from future_lens.server.web.reports import CALIBRATION_N, Calibration, reversal_note
@@ -25,7 +31,7 @@ MIN_BIN_CELLS = 20
 
 
 def marked_text(text: str) -> Markup:
-    """Token text as HTML with invisible characters made visible (`·` `↵` `⇥` `⍽` `⟨U+200B⟩`, future_lens/lens/display.py)
+    """Token text as HTML with invisible characters made visible (`·` `↵` `⇥` `⍽` `⟨U+200B⟩`, lens/display.py)
     and the marks wrapped for dimmer styling; a mark other than ordinary whitespace (`.odd`: boxed) is titled with
     its code point."""
     if not text:
@@ -146,7 +152,7 @@ class GridView:
 
     def popover_data(self) -> dict[str, object]:
         """Compact data the page script needs for popovers: raw texts (it marks invisible characters itself, with
-        `marks`, the one table of future_lens/lens/display.py), probs, and `names`: the code point and Unicode name of every
+        `marks`, the one table of lens/display.py), probs, and `names`: the code point and Unicode name of every
         marked character other than ordinary whitespace in this grid's texts."""
         grid = self.grid
         return {

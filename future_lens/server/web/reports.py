@@ -186,7 +186,9 @@ def report_facts(data: dict, fingerprint: str) -> list[tuple[str, str]]:
 def learning_curve_caption(curve: object, data: object) -> str | None:
     """The learning curve's caption with what it was measured on (its dev examples and layers, read from the curve
     that drew it) and, from eval.json (`data`), what the tables were measured on; None when the curve says neither."""
-    from future_lens.training.plot import learning_curve_scope  # the plot's own reading of the curve (no web import there)
+    from future_lens.training.plot import (
+        learning_curve_scope,  # the plot's own reading of the curve (no web import there)
+    )
 
     if not isinstance(curve, dict):
         return None

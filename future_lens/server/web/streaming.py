@@ -22,10 +22,10 @@ from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 from future_lens.lens.grid import Grid, GridRow
-from future_lens.service import GridRequest, PlannedGrid
 from future_lens.server.store import grid_id, new_stored_grid
 from future_lens.server.web.keeper import GridKeeper, KeptGrid, grid_document_json
 from future_lens.server.worker import DeadlineExceededError, Ticket, WorkerStoppedError
+from future_lens.service import GridRequest, PlannedGrid
 
 log = logging.getLogger("future_lens.web")
 
