@@ -23,7 +23,7 @@ ABOUT_OLDER_VERSIONS = ("Changes from", "older")
 
 def scanned_files() -> list[Path]:
     files = [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("future_lens/**/*.py")]
-    files += [path for path in ROOT.glob("templates/**/*") if path.is_file()]
+    files += [path for path in ROOT.glob("future_lens/**/templates/**/*") if path.is_file()]
     return sorted(files)
 
 
@@ -43,7 +43,7 @@ def test_the_scan_covers_the_places_that_mention_the_schema():
     assert {
         "README.md",
         "docs/grid-format.md",
-        "templates/about.html",
+        "future_lens/server/templates/about.html",
         "future_lens/server/web/app.py",
         "future_lens/lens/grid.py",
     } <= names
