@@ -10,9 +10,10 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -62,6 +63,10 @@ def cache_root() -> Path:
     return user_cache_dir()
 
 
+#: Texts whose token ids a model remembers (a request's text is tokenised when planned and again when computed).
+TOKENIZED_TEXTS = 256
+
+
 @dataclass
 class LoadedModel:
     """A model ready for lensing: weights, tokenizer, adapter and the identity of its weights."""
@@ -74,6 +79,17 @@ class LoadedModel:
     context_prefix: list[int]
     quantization: str | None = None  # the catalog's note on compressed weights (None: as published)
     _nnsight: object | None = field(default=None, repr=False)
+    _token_ids: Callable[[str], tuple[int, ...]] | None = field(default=None, repr=False)
+
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        """`text`'s token ids without special tokens, remembered for the last texts seen: planning a request and
+        computing its grid tokenise the text once between them."""
+        if self._token_ids is None:
+            tokenizer = self.tokenizer
+            self._token_ids = lru_cache(maxsize=TOKENIZED_TEXTS)(
+                lambda text: tuple(tokenizer(text, add_special_tokens=False).input_ids)
+            )
+        return self._token_ids(text)
 
     @property
     def device(self) -> torch.device:

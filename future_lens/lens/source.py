@@ -45,7 +45,7 @@ def normalize_text(text: str) -> str:
 
 def tokenize(model: LoadedModel, text: str) -> list[int]:
     """The text's token ids without special tokens (the context prefix is added by the source pass)."""
-    return list(model.tokenizer(normalize_text(text), add_special_tokens=False).input_ids)
+    return list(model.token_ids(normalize_text(text)))
 
 
 def run_source_pass(model: LoadedModel, token_ids: list[int], keep_cache: bool = False) -> SourcePass:
