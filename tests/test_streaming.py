@@ -141,3 +141,20 @@ def test_page_stream_of_invalid_form_fails_naming_the_field(client) -> None:
     response = client.get("/grid/stream", params={"text": "hello", "stride": "0"})
     ((kind, data),) = sse_events(response.text)
     assert kind == "failed" and data["field"] == "stride" and "stride" in data["html"]
+
+
+def test_a_follower_that_reads_only_after_the_computation_ended_gets_every_row(client) -> None:
+    """The feed belongs to the ticket: a busy event loop that first polls after the grid is done (or failed) still
+    sends the head and every row before the end, not the end alone (the race CI once hit)."""
+    keeper = client.app.state.keeper
+    request = GridRequest(text="A follower that is late", method="future", layers="::10")
+    started = start_stream(keeper, request)
+    started.ticket.future.result(timeout=120)  # the computation is over, its feed closed in the hub
+
+    async def read_all() -> list[object]:
+        return [event async for event in follow(started, timeout_s=120)]
+
+    events = asyncio.run(read_all())
+    assert isinstance(events[0], StreamHead)
+    assert sum(isinstance(event, StreamRow) for event in events) == 3  # layers 0, 10, 20
+    assert keeper.lookup(started.key) is not None

@@ -96,6 +96,12 @@ class FeedHub:
         with self._lock:
             self._feeds.pop(key, None)
 
+    def discard(self, key: str, feed: RowFeed) -> None:
+        """Forget `feed` if it is still the one under `key` (a finished computation's, kept for its readers)."""
+        with self._lock:
+            if self._feeds.get(key) is feed:
+                del self._feeds[key]
+
 
 _HUBS: weakref.WeakKeyDictionary[GridKeeper, FeedHub] = weakref.WeakKeyDictionary()
 _HUBS_LOCK = threading.Lock()
@@ -138,6 +144,7 @@ class StreamTicket:
     key: str
     ticket: Ticket
     hub: FeedHub
+    feed: RowFeed  # opened before the job is queued, so rows published before the first read are never lost
 
 
 def start_stream(keeper: GridKeeper, request: GridRequest) -> KeptGrid | StreamTicket:
@@ -148,8 +155,14 @@ def start_stream(keeper: GridKeeper, request: GridRequest) -> KeptGrid | StreamT
     kept = keeper.lookup(key)
     if kept is not None:
         return kept
-    ticket = keeper.worker.submit(key, lambda: compute_streamed(keeper, key, planned))
-    return StreamTicket(key, ticket, hub_of(keeper))
+    hub = hub_of(keeper)
+    feed = hub.open(key)  # the running computation's feed if there is one; else the one it will publish to
+    try:
+        ticket = keeper.worker.submit(key, lambda: compute_streamed(keeper, key, planned))
+    except BaseException:
+        hub.discard(key, feed)
+        raise
+    return StreamTicket(key, ticket, hub, feed)
 
 
 async def follow(
@@ -161,17 +174,15 @@ async def follow(
     if isinstance(started, KeptGrid):
         yield StreamDone(started)
         return
-    feed, cursor = None, 0
+    feed, cursor = started.feed, 0
     deadline = time.monotonic() + timeout_s
     future = started.ticket.future
     try:
         while True:
             finished = future.done()  # read before draining, so rows published before the end are all sent
-            feed = feed or started.hub.get(started.key)
-            if feed is not None:
-                for item in feed.since(cursor):
-                    cursor += 1
-                    yield item
+            for item in feed.since(cursor):
+                cursor += 1
+                yield item
             if finished:
                 yield StreamDone(started.ticket.result(timeout=0))
                 return
@@ -181,6 +192,8 @@ async def follow(
     finally:
         if not future.done():
             started.ticket.give_up()
+        else:  # a plain request's computation of the same grid never opened (or closed) this feed
+            started.hub.discard(started.key, feed)
 
 
 NDJSON = "application/x-ndjson"
