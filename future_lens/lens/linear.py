@@ -9,8 +9,10 @@ Both read the next token only (N = 0, like the logit lens): asked for N >= 1, a 
 evaluation tables show "–". A linear map reads what the state says about the position it sits at; decoding further
 would need the model's later positions, which the map does not provide, so no multi-token phrase is claimed.
 
-Artifact: `checkpoints/<model id>/<kind>-lens.safetensors` with tensors `weight` [L, d, d] (float16), `bias` [L, d]
-and string metadata (`kind`, `model_id`, `model_fingerprint`, `d_model`, `n_layers`, how it was fitted).
+Artifact: `checkpoints/<model id>/<kind>-lens.safetensors` with tensors `bias` [L, d] (float32) and either `delta`
+[L, d, d] (float16; the readout is `h + Δ h + b`, so the identity and the final layer's Δ = 0 are exact and Δ's
+rounding is ~5e-4 of a small residual) or `weight` [L, d, d] (float16; `W h + b`), and string metadata (`kind`,
+`model_id`, `model_fingerprint`, `d_model`, `n_layers`, how it was fitted).
 """
 
 from __future__ import annotations
@@ -35,30 +37,44 @@ class LinearLensArtifactError(PromptArtifactError):
     """A linear-lens artifact is missing, malformed, or belongs to other weights."""
 
 
+def matrix_name(residual: bool) -> str:
+    """The artifact's name for the d×d maps: `delta` (from the identity) or `weight` (the whole map)."""
+    return "delta" if residual else "weight"
+
+
 def linear_lens_file(directory: Path, kind: str) -> Path:
     return directory / f"{kind}-lens.safetensors"
 
 
 @dataclass
 class LinearMaps:
-    """One affine map per layer: `weight` [L, d, d] and `bias` [L, d] (readout: weight[l] @ h + bias[l])."""
+    """One affine map per layer: `weight` [L, d, d] and `bias` [L, d]. The readout is `weight[l] @ h + bias[l]`, or
+    `h + weight[l] @ h + bias[l]` when `residual` (the weight is then the translator's Δ from the identity)."""
 
     kind: str
     weight: torch.Tensor
     bias: torch.Tensor
     metadata: dict[str, str] = field(default_factory=dict)
+    residual: bool = False
     _hash: str | None = field(default=None, repr=False)
 
     def apply(self, states: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
-        """Translated states [C, d] for `states` [C, d] taken at blocks `layers` [C]."""
-        weight = self.weight[layers].to(states.device, torch.float32)
-        bias = self.bias[layers].to(states.device, torch.float32)
-        return torch.einsum("cij,cj->ci", weight, states.float()) + bias
+        """Translated states [C, d] (float32) for `states` [C, d] taken at blocks `layers` [C], one matrix product
+        per distinct layer."""
+        states = states.float()
+        out = torch.empty_like(states)
+        for layer in torch.unique(layers).tolist():
+            rows = torch.nonzero(layers == layer).squeeze(1).to(states.device)
+            weight = self.weight[layer].to(states.device, torch.float32)
+            mapped = states[rows] @ weight.T + self.bias[layer].to(states.device, torch.float32)
+            out[rows] = states[rows] + mapped if self.residual else mapped
+        return out
 
     def content_hash(self) -> str:
         """What the maps are (part of a grid's permalink id), computed once."""
         if self._hash is None:
-            self._hash = tensor_hash(torch.cat([self.weight.flatten(), self.bias.flatten()]))
+            form = torch.tensor([1.0 if self.residual else 0.0])
+            self._hash = tensor_hash(torch.cat([self.weight.flatten(), self.bias.flatten(), form]))
         return self._hash
 
 
@@ -76,7 +92,7 @@ def save_linear_maps(directory: Path, model: LoadedModel, maps: LinearMaps) -> P
         "n_layers": str(model.adapter.n_layers),
     }
     tensors = {  # the d×d maps in float16 (half the size; relative rounding ~5e-4), applied in float32
-        "weight": maps.weight.detach().to("cpu", torch.float16).contiguous(),
+        matrix_name(maps.residual): maps.weight.detach().to("cpu", torch.float16).contiguous(),
         "bias": maps.bias.detach().to("cpu", torch.float32).contiguous(),
     }
     path = linear_lens_file(directory, maps.kind)
@@ -98,16 +114,17 @@ def _linear_artifact_problem(path: Path, model: LoadedModel, kind: str) -> str |
             shapes = {name: tuple(artifact.get_slice(name).get_shape()) for name in names}
     except Exception as error:  # a truncated or foreign file: safetensors raises its own error types
         return f"{path}: not a readable safetensors file ({type(error).__name__})"
-    if names != {"weight", "bias"}:
-        return f"{path}: expected tensors weight and bias, found {sorted(names)[:4]}"
+    if names not in ({"weight", "bias"}, {"delta", "bias"}):
+        return f"{path}: expected tensors bias and weight or delta, found {sorted(names)[:4]}"
     if meta.get("model_fingerprint") != model.fingerprint:
         return (
             f"{path} was fitted for weights {meta.get('model_fingerprint')!r} ({meta.get('model_id')}), "
             f"but the loaded model {model.id!r} has fingerprint {model.fingerprint!r}"
         )
     n, d = model.adapter.n_layers, model.adapter.d_model
-    if shapes["weight"] != (n, d, d) or shapes["bias"] != (n, d):
-        return f"{path}: shapes {shapes['weight']}, {shapes['bias']} do not fit {n} layers of d_model={d}"
+    matrix = shapes.get("delta", shapes.get("weight"))
+    if matrix != (n, d, d) or shapes["bias"] != (n, d):
+        return f"{path}: shapes {matrix}, {shapes['bias']} do not fit {n} layers of d_model={d}"
     return None
 
 
@@ -125,8 +142,10 @@ def load_linear_maps(directory: Path, model: LoadedModel, kind: str) -> LinearMa
         raise LinearLensArtifactError(problem)
     with safe_open(str(path), framework="pt") as artifact:
         meta = artifact.metadata() or {}
-        weight, bias = artifact.get_tensor("weight"), artifact.get_tensor("bias")
-    return LinearMaps(kind, weight.float(), bias.float(), meta)
+        names = artifact.keys()
+        residual = "delta" in names
+        weight, bias = artifact.get_tensor(matrix_name(residual)), artifact.get_tensor("bias")
+    return LinearMaps(kind, weight.float(), bias.float(), meta, residual=residual)
 
 
 class LinearMapLens(LogitLens):

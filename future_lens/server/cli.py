@@ -383,12 +383,21 @@ def train(
     method: Annotated[
         str,
         typer.Option(
-            help="prompt (soft prompts), tuned (tuned lens: --examples, --batch, --lr) or jacobian (Jacobian lens: "
-            "--texts, --text-tokens); linear lenses are written next to the prompts as <method>-lens.safetensors"
+            help="prompt (soft prompts), tuned (tuned lens, the tuned-lens recipe: --steps, --tokens-per-step) or "
+            "jacobian (Jacobian lens, its authors' recipe: --texts, --text-tokens); linear lenses are written next "
+            "to the prompts as <method>-lens.safetensors"
         ),
     ] = TrainOptions.method,
-    texts: Annotated[int, typer.Option(help="jacobian: training texts to average over")] = TrainOptions.texts,
-    text_tokens: Annotated[int, typer.Option(help="jacobian: tokens per text")] = TrainOptions.text_tokens,
+    steps: Annotated[int, typer.Option(help="tuned: SGD steps (tuned-lens: 250)")] = TrainOptions.steps,
+    tokens_per_step: Annotated[
+        int, typer.Option(help="tuned: positions per step (tuned-lens: 2**18; a CPU budget here)")
+    ] = TrainOptions.tokens_per_step,
+    texts: Annotated[int, typer.Option(help="jacobian: prompts to average over (J-lens: ~100 usable, 1000)")] = (
+        TrainOptions.texts
+    ),
+    text_tokens: Annotated[int, typer.Option(help="jacobian: tokens per prompt (J-lens: 128)")] = (
+        TrainOptions.text_tokens
+    ),
     seed: SeedOption = RunOptions.seed,
     corpus: CorpusOption = RunOptions.corpus,
     train_pool: TrainPoolOption = RunOptions.train_pool,

@@ -107,18 +107,59 @@ def split_documents(n_docs: int, dev_fraction: float, seed: int) -> tuple[list[i
 
 def cut_prefixes(token_lists: list[list[int]], config: DataConfig, seed: int, limit: int) -> list[list[int]]:
     """Up to `cuts_per_doc` random windows per document, shuffled; each length uniform in min..max_context."""
+    return [prefix for _, prefix in cut_documents(token_lists, config, seed, limit)]
+
+
+def cut_documents(
+    token_lists: list[list[int]], config: DataConfig, seed: int, limit: int
+) -> list[tuple[int, list[int]]]:
+    """`cut_prefixes` with each window's document (its index in `token_lists`), in the same order."""
     rng = random.Random(seed)
-    prefixes = []
-    for tokens in token_lists:
+    cuts = []
+    for doc, tokens in enumerate(token_lists):
         lengths = [n for n in range(config.min_context, config.max_context + 1) if n <= len(tokens)]
         if not lengths:
             continue
         for _ in range(config.cuts_per_doc):
             length = rng.choice(lengths)
             start = rng.randint(0, len(tokens) - length)
-            prefixes.append(tokens[start : start + length])
-    rng.shuffle(prefixes)
-    return prefixes[:limit]
+            cuts.append((doc, tokens[start : start + length]))
+    rng.shuffle(cuts)
+    return cuts[:limit]
+
+
+#: The dev documents are split in two: "selection" for every choice made while fitting (schedule, budget, stopping,
+#: the best layer) and "report" for the published figures alone.
+DEV_PARTS = ("selection", "report")
+
+
+def dev_parts(dev_docs: list[int], seed: int) -> dict[str, list[int]]:
+    """The dev documents' seeded halves, by part name (`DEV_PARTS`)."""
+    order = sorted(dev_docs)
+    random.Random(seed + 3).shuffle(order)
+    half = len(order) // 2
+    return {"selection": sorted(order[:half]), "report": sorted(order[half:])}
+
+
+def dev_example_parts(model: LoadedModel, dataset: Dataset) -> dict[str, torch.Tensor]:
+    """Indices of the dev examples cut from each part's documents (recomputed from the corpus: the cut is seeded)."""
+    config = DataConfig(**dataset.meta["config"])
+    docs = read_corpus(Path(config.corpus))
+    dev_docs = dataset.meta["dev_docs"]
+    token_lists = [model.tokenizer(docs[i], add_special_tokens=False).input_ids for i in dev_docs]
+    cuts = cut_documents(token_lists, config, config.seed + 2, config.max_dev)
+    parts = dev_parts(dev_docs, config.seed)
+    owner = [dev_docs[doc] for doc, _ in cuts]
+    return {
+        name: torch.tensor([i for i, doc in enumerate(owner) if doc in set(members)], dtype=torch.long)
+        for name, members in parts.items()
+    }
+
+
+def document_tokens(model: LoadedModel, dataset: Dataset, documents: list[int]) -> list[list[int]]:
+    """The named corpus documents as token lists."""
+    docs = read_corpus(Path(dataset.meta["config"]["corpus"]))
+    return [model.tokenizer(docs[i], add_special_tokens=False).input_ids for i in documents]
 
 
 @torch.inference_mode()
@@ -212,5 +253,4 @@ def prepare_dataset(
 
 def train_token_stream(model: LoadedModel, dataset: Dataset) -> list[list[int]]:
     """The training split's documents as token lists (for counting bigrams)."""
-    docs = read_corpus(Path(dataset.meta["config"]["corpus"]))
-    return [model.tokenizer(docs[i], add_special_tokens=False).input_ids for i in dataset.meta["train_docs"]]
+    return document_tokens(model, dataset, dataset.meta["train_docs"])

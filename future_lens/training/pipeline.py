@@ -35,7 +35,15 @@ from future_lens.lens.linear import (
 )
 from future_lens.lens.prompts import default_prompt_dir, output_prompt_dir
 from future_lens.paths import user_reports
-from future_lens.training.data import DataConfig, Dataset, data_cache_root, prepare_dataset, train_token_stream
+from future_lens.training.data import (
+    DataConfig,
+    Dataset,
+    data_cache_root,
+    dev_parts,
+    document_tokens,
+    prepare_dataset,
+    train_token_stream,
+)
 from future_lens.training.evaluate import (
     LINEAR_METHODS,
     METHODS,
@@ -46,7 +54,13 @@ from future_lens.training.evaluate import (
     update_manifest_metrics,
     write_report,
 )
-from future_lens.training.linear_fit import fit_jacobian_lens, fit_tuned_lens
+from future_lens.training.linear_fit import (
+    JacobianLensRecipe,
+    TunedLensRecipe,
+    fit_jacobian_lens,
+    fit_tuned_lens,
+    token_windows,
+)
 from future_lens.training.plot import (
     calibration_data,
     figure_data,
@@ -107,8 +121,10 @@ class TrainOptions(RunOptions):
     targets: str = "1"
     init: str = "fixed"
     method: str = "prompt"
-    texts: int = 100
-    text_tokens: int = 16
+    steps: int = TunedLensRecipe.steps
+    tokens_per_step: int = TunedLensRecipe.tokens_per_step
+    texts: int = JacobianLensRecipe.prompts
+    text_tokens: int = JacobianLensRecipe.tokens
 
 
 @dataclass(frozen=True)
@@ -236,20 +252,46 @@ def jacobian_texts(model: LoadedModel, dataset: Dataset, count: int, length: int
     return slices[::step][:count]
 
 
+def tuned_windows(model: LoadedModel, dataset: Dataset, window: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Training windows from the training documents and dev-curve windows from the dev split's selection part (the
+    report part is never looked at while fitting)."""
+    train = token_windows(train_token_stream(model, dataset), window)
+    selection = dev_parts(dataset.meta["dev_docs"], dataset.meta["config"]["seed"])["selection"]
+    dev = token_windows(document_tokens(model, dataset, selection), window)
+    if not train or not dev:
+        raise PipelineError(f"--corpus: no training and dev documents of {window} tokens for the tuned lens")
+    return train, dev[:: max(1, len(dev) // 24)][:24]
+
+
+def fit_name(model: LoadedModel, data: DataConfig, recipe: TunedLensRecipe | JacobianLensRecipe) -> str:
+    """The checkpoint folder's name for one linear-lens fit (model, data and recipe), so a rerun resumes it."""
+    raw = json.dumps({"data": data.key(model), "recipe": type(recipe).__name__, **asdict(recipe)}, sort_keys=True)
+    return f"{model.id}-{type(recipe).__name__.lower()}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+
+
 def run_fit_linear(options: TrainOptions) -> Path:
-    """Fit the tuned lens (KL on the training states) or the Jacobian lens (autograd over training texts)."""
-    if options.texts < 1 or options.text_tokens < 1:
-        raise PipelineError("--texts and --text-tokens must be at least 1")
+    """Fit the tuned lens (the tuned-lens recipe on windows of the training documents; resumable) or the Jacobian
+    lens (its authors' recipe on training texts; resumable); the tuned lens's dev KL curve goes to the reports."""
+    if options.texts < 1 or options.text_tokens < 1 or options.steps < 1 or options.tokens_per_step < 1:
+        raise PipelineError("--texts, --text-tokens, --steps and --tokens-per-step must be at least 1")
     torch.manual_seed(options.seed)
     model = load(options.model, options.device, options.dtype)
-    dataset = load_data(model, data_config(options))
+    data = data_config(options)
+    dataset = load_data(model, data)
+    runs = data_cache_root() / "runs"
     if options.method == "tuned":
-        maps, _losses = fit_tuned_lens(
-            model, dataset.train, examples=options.examples, batch=options.batch, lr=options.lr, seed=options.seed
-        )
+        window = min(TunedLensRecipe.window, *(len(t) for t in train_token_stream(model, dataset)))
+        recipe = TunedLensRecipe(steps=options.steps, tokens_per_step=options.tokens_per_step, window=window)
+        train, dev = tuned_windows(model, dataset, window)
+        run = runs / fit_name(model, data, recipe)
+        maps, curve = fit_tuned_lens(model, train, dev, recipe, checkpoint_dir=run)
+        curve_file = {"recipe": asdict(recipe), "lr": recipe.lr, "dev_windows": len(dev), "curve": curve}
+        atomic_write_json(options.reports(model) / "tuned_lens_curve.json", curve_file, indent=1)
     else:
+        recipe = JacobianLensRecipe(prompts=options.texts, tokens=options.text_tokens)
         texts = jacobian_texts(model, dataset, options.texts, options.text_tokens)
-        maps = fit_jacobian_lens(model, texts)
+        run = runs / fit_name(model, data, recipe)
+        maps = fit_jacobian_lens(model, texts, recipe, checkpoint_dir=run)
     return save_linear_maps(options.prompts_out(model), model, maps)
 
 
