@@ -2,7 +2,9 @@
 
 Each cell gives `n_future` rows of kind `predicted` (`k` = step: 0 is the token right after `position`) and
 `top_k` rows of kind `topk` (`k` = rank of the alternative for the first token). Every row repeats its cell's
-layer, input token, the model's actual next token and the cell statistics (`mean_prob`, `first_matches_next`).
+layer, input token, the model's actual next token and the cell statistics (`mean_prob`, `first_matches_next`), and
+its column's `prediction_depth` (the grid's `Grid.prediction_depth[position]`, over all the grid's layers; empty where
+it is null; the column only for grids that have one).
 Token text is raw (no visible-whitespace marks) and probabilities are written with every digit, so
 `grid_from_csv` rebuilds the cells exactly; the grid-level fields a CSV row has no place for (model details,
 context prefix, prompt, timings) come from the grid's JSON (`csv_metadata`).
@@ -47,10 +49,13 @@ BASE_COLUMNS = (
     "next_rank",
     "entropy",
     "kl",
+    "prediction_depth",
 )
 PIECE_COLUMNS = ("token_piece", "actual_next_piece", "predicted_piece")
 #: Cell statistics (grid/3): written when the grid has them; empty where a cell has none (`kl` of the logit lens).
 STAT_COLUMNS = ("next_rank", "entropy", "kl")
+#: The column's prediction depth (future_lens/lens/depth.py): written when the grid has `prediction_depth`.
+DEPTH_COLUMN = "prediction_depth"
 #: Grid fields a CSV does not carry: `grid_from_csv` takes them from the grid's JSON.
 METADATA_FIELDS = ("schema", "model", "context_prefix", "prompt", "timings_ms", "continuations")
 #: Columns of free text (token text and pieces, the model id): escaped against formula injection.
@@ -93,8 +98,13 @@ def columns(grid: Grid) -> list[str]:
     """The CSV's header: the piece columns only when the grid has pieces."""
     pieces = has_pieces(grid)
     stats = any(cell.next_rank is not None for row in grid.cells for cell in row)
+    depth = grid.prediction_depth is not None
     return [
-        name for name in BASE_COLUMNS if (pieces or name not in PIECE_COLUMNS) and (stats or name not in STAT_COLUMNS)
+        name
+        for name in BASE_COLUMNS
+        if (pieces or name not in PIECE_COLUMNS)
+        and (stats or name not in STAT_COLUMNS)
+        and (depth or name != DEPTH_COLUMN)
     ]
 
 
@@ -103,7 +113,7 @@ def _stat(value: float | None) -> str:
 
 
 def _rows(grid: Grid, selection: Selection) -> Iterator[dict[str, object]]:
-    prompt_layers = grid.prompt_layers
+    prompt_layers, depths = grid.prompt_layers, grid.prediction_depth
     for r in selection.rows:
         for c in selection.columns:
             cell, token, actual = grid.cells[r][c], grid.tokens[c], grid.next_tokens[c]
@@ -125,6 +135,7 @@ def _rows(grid: Grid, selection: Selection) -> Iterator[dict[str, object]]:
                 "next_rank": _stat(cell.next_rank),
                 "entropy": _stat(cell.entropy),
                 "kl": _stat(cell.kl),
+                DEPTH_COLUMN: "" if depths is None or depths[c] is None else depths[c],
             }
             for kind, predictions in zip(KINDS, (cell.tokens, cell.topk), strict=True):
                 for k, predicted in enumerate(predictions):
@@ -191,9 +202,10 @@ def _stats(row: Mapping[str, str]) -> dict[str, object]:
 
 def read_grid_csv(text: str) -> dict[str, object]:
     """What a grid CSV carries, as grid-JSON fields: `method`, `layers`, `prompt_layers`, `positions`, `tokens`,
-    `next_tokens`, `cells`, `n_future`, `top_k` and `model` (its id only). Raises `GridCsvError`."""
+    `next_tokens`, `cells`, `prediction_depth` (None without the column), `n_future`, `top_k` and `model` (its id
+    only). Raises `GridCsvError`."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    optional = (*PIECE_COLUMNS, *STAT_COLUMNS)
+    optional = (*PIECE_COLUMNS, *STAT_COLUMNS, DEPTH_COLUMN)
     missing = [name for name in BASE_COLUMNS if name not in optional and name not in (reader.fieldnames or [])]
     if missing:
         raise GridCsvError(f"not a Future Lens grid CSV: no column {', '.join(missing)}")
@@ -202,6 +214,8 @@ def read_grid_csv(text: str) -> dict[str, object]:
     cells: dict[tuple[int, int], dict[str, dict[int, dict[str, object]]]] = {}
     means: dict[tuple[int, int], float] = {}
     stats: dict[tuple[int, int], dict[str, object]] = {}
+    depths: dict[int, int | None] = {}
+    has_depth = DEPTH_COLUMN in (reader.fieldnames or [])
     first: dict[str, str] | None = None
     try:
         for row in reader:
@@ -212,6 +226,8 @@ def read_grid_csv(text: str) -> dict[str, object]:
             cell = cells.setdefault((layer, position), {kind: {} for kind in KINDS})
             means.setdefault((layer, position), float(row["mean_prob"]))
             stats.setdefault((layer, position), _stats(row))
+            if has_depth:
+                depths.setdefault(position, int(row[DEPTH_COLUMN]) if row[DEPTH_COLUMN] else None)
             if row["kind"] not in KINDS:
                 raise GridCsvError(f"line {reader.line_num}: kind must be predicted or topk, not {row['kind']!r}")
             cell[row["kind"]][int(row["k"])] = _token(row, "predicted", "probability")
@@ -239,6 +255,7 @@ def read_grid_csv(text: str) -> dict[str, object]:
         "tokens": [tokens[position][0] for position in positions],
         "next_tokens": [tokens[position][1] for position in positions],
         "cells": rows,
+        "prediction_depth": [depths[position] for position in positions] if has_depth else None,
     }
 
 

@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from future_lens.lens.continuation import model_continuations
+from future_lens.lens.depth import prediction_depths
 from future_lens.lens.engine import CellPredictions, CellReference
 from future_lens.lens.kv_cache import cache_keys_values
 from future_lens.lens.models import LoadedModel
@@ -80,6 +81,16 @@ class Grid(BaseModel):
         description="the model's own greedy n_future tokens after each input token (`[t][0]` is `next_tokens[t]`)",
     )
     cells: list[list[Cell]]
+    prediction_depth: list[int | None] | None = Field(
+        default=None,
+        description=(
+            "per input token: the first of this grid's `layers` from which the cells' first token is the model's own "
+            "next token (`next_tokens[t]`) at that and every later listed layer; null where the last listed layer "
+            "reads another token. Computed over the listed layers only (a strided grid checks no layer in between). "
+            "Null for the whole grid when its lens does not read the next token at N = 0 or a row is not computed "
+            "(future_lens/lens/depth.py)"
+        ),
+    )
     prompt: str | None = Field(default=None, description="fixed-prompt lens: the prompt text")
     prompt_layers: list[int] | None = Field(
         default=None, description="future lens: per listed layer, the layer whose trained prompt was used"
@@ -233,6 +244,8 @@ class _TextGrid:
         """The grid with these rows of cells (`[]` for a row not computed yet)."""
         model, source, texts = self.lens.model, self.source, self.texts
         continuation_ids, continuation_probs = (tensor.tolist() for tensor in self.continuation)
+        next_ids = source.next_token_ids.tolist()
+        depths = grid_prediction_depths(cells, self.layers, next_ids) if self.lens.reads_next_token else None
         described = self.lens.describe(self.layers)
         unknown = sorted(set(described) - set(Grid.model_fields))
         if unknown:  # pydantic would drop them silently: a lens's facts must have a place in the schema
@@ -245,12 +258,24 @@ class _TextGrid:
             tokens=[texts.token(i) for i in source.token_ids],
             layers=self.layers,
             context_prefix=source.context_prefix,
-            next_tokens=texts.probs(source.next_token_ids.tolist(), source.next_token_probs.tolist()),
+            next_tokens=texts.probs(next_ids, source.next_token_probs.tolist()),
             continuations=[texts.probs(i, p) for i, p in zip(continuation_ids, continuation_probs, strict=True)],
             cells=cells,
+            prediction_depth=depths,
             timings_ms=timings,
             **described,
         )
+
+
+def grid_prediction_depths(
+    cells: Sequence[Sequence[Cell]], layers: Sequence[int], next_ids: Sequence[int]
+) -> list[int | None] | None:
+    """`prediction_depth` of every column from the cells' first tokens (future_lens/lens/depth.py), or None while a
+    row has no cells yet (a streamed grid's frame)."""
+    if not cells or not all(cells):
+        return None
+    top1 = [[cell.tokens[0].id if cell.tokens else None for cell in row] for row in cells]
+    return prediction_depths(top1, layers, next_ids)
 
 
 def _predict(

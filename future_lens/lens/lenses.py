@@ -87,6 +87,11 @@ class Lens(ABC):
     measures_first_token: ClassVar[bool] = False
     #: Whether rows may stream as they are computed (`predict_waves`); every lens does unless it says otherwise.
     streams: ClassVar[bool] = True
+    #: Whether each cell's first token is the lens's reading at offset 0 (N = 0): its prediction of the token right
+    #: after the cell's input token, what the model's own next token there (`Grid.next_tokens`) answers. Only such
+    #: lenses get a prediction depth per column (`Grid.prediction_depth`, future_lens/lens/depth.py). Off unless a
+    #: lens says so: a lens reading something else first (the current token, a later offset) must not claim one.
+    reads_next_token: ClassVar[bool] = False
 
     def __init__(self, model: LoadedModel):
         self.model = model
@@ -203,6 +208,9 @@ class LogitLens(Lens):
     method = "logit"
     max_future = 1
     measures_first_token = True
+    #: Its one token is the next token read from the state (N = 0); so for the tuned and Jacobian lenses, which
+    #: read a map of the state the same way (future_lens/lens/linear.py).
+    reads_next_token = True
 
     def readout_states(self, states: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
         """The states that final norm + unembedding read: the block outputs themselves (a map of them in
@@ -237,9 +245,18 @@ class LogitLens(Lens):
 
 
 class PatchedContextLens(Lens):
-    """Patch the state into the last position of a per-layer target context at the same block, then decode."""
+    """Patch the state into the last position of a per-layer target context at the same block, then decode.
+
+    The first decoded token is the model's output at the patched position itself, before any token is fed back: the
+    reading at offset 0 (N = 0), the slot whose output the training objective and the evaluation score against the
+    model's own next token (future_lens/training/objective.py; `tokens[1]` onwards are N = 1, 2, ...). So the future
+    lens (whose prompts are trained on later offsets, by default N = 1, through that same slot), the fixed prompt and
+    the identity patchscope (which Patchscopes also reads as a next-token decoder) all read the next token first,
+    and get a prediction depth (`reads_next_token`). At the model's last block the patched state is the final
+    hidden state itself, so there the first token is the model's own next token, as for the logit lens."""
 
     measures_first_token = True
+    reads_next_token = True
 
     def __init__(self, model: LoadedModel, chunk_rows: int | None = None):
         super().__init__(model)

@@ -29,6 +29,7 @@ class LensLike(Protocol):
 
     method: ClassVar[str]
     measures_first_token: ClassVar[bool]
+    reads_next_token: ClassVar[bool]
     model: LoadedModel
 
     def predict(

@@ -77,6 +77,11 @@ class LensSpec:
         return self.lens_class.streams
 
     @property
+    def reads_next_token(self) -> bool:
+        """Whether cells' first token is the next-token reading (N = 0), so its grids have a prediction depth."""
+        return self.lens_class.reads_next_token
+
+    @property
     def tracks(self) -> bool:
         """Whether tokens' probabilities can be tracked through its cells (`track`)."""
         return self.lens_class.can_track()

@@ -21,9 +21,11 @@ from future_lens.lens.display import (
     code_point_name,
     is_code_mark,
     named_characters,
+    visible_whitespace,
 )
 from future_lens.lens.grid import Cell, Grid, TokenProb
 from future_lens.lens.layers import strided_layers
+from future_lens.lens.registry import UnknownLensError, lens_spec
 from future_lens.server.web.reports import CALIBRATION_N, Calibration, reversal_note
 
 #: A shade's measured share of right cells is shown only when at least this many held-out cells had that shade.
@@ -122,6 +124,26 @@ class RowView:
 
 
 @dataclass(frozen=True)
+class DepthCellView:
+    """One column's prediction depth as the depth row shows it: `text` ("17", "–", or "…" while rows are being
+    computed), what a screen reader says for it, and its tooltip."""
+
+    text: str
+    spoken: str
+    title: str
+    pending: bool = False
+    depth: int | None = None
+
+
+@dataclass(frozen=True)
+class DepthRowView:
+    """The depth row under a grid (the grid's `prediction_depth`, future_lens/lens/depth.py) and its definition."""
+
+    cells: list[DepthCellView]
+    definition: str
+
+
+@dataclass(frozen=True)
 class GridView:
     """One grid, ready for `_grid.html`."""
 
@@ -131,6 +153,7 @@ class GridView:
     cached: bool
     rows: list[RowView]
     calibration: LegendCalibration | None = None
+    depth: DepthRowView | None = None  # None: this grid has no prediction depth (its lens reads no next token)
 
     @property
     def borrowed_rows(self) -> list[RowView]:
@@ -197,7 +220,60 @@ def grid_view(
     `calibration` (the served model's measured one for this grid's method) adds the legend's second row. Rows
     without cells (a streamed grid's rows still being computed) are pending."""
     rows = [row_view(grid, index, row) for index, row in enumerate(grid.cells)]
-    return GridView(grid, grid_id, permalink, cached, rows, legend_calibration(calibration, grid.n_future))
+    calibrated = legend_calibration(calibration, grid.n_future)
+    return GridView(grid, grid_id, permalink, cached, rows, calibrated, depth_row(grid))
+
+
+def reads_next_token(method: str) -> bool:
+    """Whether the registered lens `method` reads the next token first (False for a method not registered now)."""
+    try:
+        return lens_spec(method).reads_next_token
+    except UnknownLensError:
+        return False
+
+
+def depth_definition(grid: Grid) -> str:
+    """What the depth row shows, for its tooltip and the legend: the definition and the layers it was computed
+    over (the grid's, which may be a subset of the model's)."""
+    layers, n_layers = grid.layers, grid.model.n_layers
+    if len(layers) >= n_layers:
+        over = f"computed over all {n_layers} layers"
+    else:
+        shown = ", ".join(str(layer) for layer in layers[:6]) + (", …" if len(layers) > 6 else "")
+        over = (
+            f"computed over the {len(layers)} of {n_layers} layers this grid shows ({shown}): a change at a layer "
+            "it does not show goes unseen"
+        )
+    return (
+        "the first layer from which the lens's top token is the model's own next token (the model row) at every "
+        f"later layer; – when the last layer shown reads another token; {over}"
+    )
+
+
+def depth_row(grid: Grid) -> DepthRowView | None:
+    """The depth row of `grid`: its `prediction_depth` per column; pending cells while a streamed grid's rows are
+    computed (when its lens reads the next token); None when the grid has no depth."""
+    depths = grid.prediction_depth
+    pending = any(not row for row in grid.cells)
+    if depths is None and not (pending and grid.cells and reads_next_token(grid.method)):
+        return None
+    cells = []
+    for column, token in enumerate(grid.tokens):
+        after = f"after token {column} {visible_whitespace(token.text)}"
+        own = visible_whitespace(grid.next_tokens[column].text)
+        if depths is None:
+            cells.append(DepthCellView("…", "computing", f"{after}: computed once every row is", pending=True))
+            continue
+        depth = depths[column]
+        if depth is not None:
+            title = f"{after}: from layer {depth} on, every layer shown reads the model's own next token {own}"
+            cells.append(DepthCellView(str(depth), f"layer {depth}", title, depth=depth))
+            continue
+        last = grid.cells[-1][column].tokens
+        read = visible_whitespace(last[0].text) if last else "nothing"
+        title = f"{after}: no depth, the last layer shown ({grid.layers[-1]}) reads {read}, not the model's {own}"
+        cells.append(DepthCellView("–", "none", title))
+    return DepthRowView(cells, depth_definition(grid))
 
 
 def model_continuation(grid: Grid) -> list[list[TokenProb]]:
