@@ -8,7 +8,9 @@ MODEL_STAMP := $(VENV)/.model-ready
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock model browser postgres run test lint format bench bench-gpu train eval clean
+PEERS_STAMP := $(VENV)/.peers-ready
+
+.PHONY: install lock model peers browser postgres run test lint format bench bench-gpu train eval clean
 
 install: $(STAMP)
 
@@ -25,6 +27,14 @@ $(STAMP): pyproject.toml constraints.txt
 lock: install
 	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^future-lens' -e '^-e ' \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+# Peers' own code for the interoperability tests: the tuned-lens package, without its dependencies (its `nn` module
+# needs only torch and transformers), in a folder of its own that only those tests put on their path.
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/peers tuned-lens==0.2.0
+	touch $(PEERS_STAMP)
 
 model: $(MODEL_STAMP)
 
@@ -64,7 +74,7 @@ postgres:
 		echo "warning: no PostgreSQL server binaries and no root apt-get to install them: PostgreSQL tests will be skipped (apt-get install -y postgresql)"; \
 	fi
 
-test: model browser postgres
+test: model peers browser postgres
 	$(PY) -m pytest
 
 lint: install

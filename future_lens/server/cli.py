@@ -291,6 +291,62 @@ def import_prompt(
     typer.echo(f"wrote {path}")
 
 
+PeerFormatOption = Annotated[
+    str | None, typer.Option("--format", help="tuned-lens (a folder: config.json + params.pt) or jacobian-lens (.pt)")
+]
+
+
+@cli.command("import-lens")
+def import_lens(
+    source: Annotated[Path, typer.Argument(help="a tuned-lens folder or a J-lens .pt file")],
+    model: ModelOption = RunOptions.model,
+    catalog: CatalogOption = None,
+    format: PeerFormatOption = None,
+    prompt_dir: Annotated[
+        Path | None, typer.Option(help="where to write (default: the user's ~/.cache/future-lens/checkpoints/<model>)")
+    ] = None,
+) -> None:
+    """Convert a peer's lens (the tuned-lens package's, or a Jacobian lens) to our safetensors + fingerprint."""
+    from future_lens.lens.interop import read_peer_lens
+    from future_lens.lens.linear import LinearLensArtifactError, save_linear_maps
+    from future_lens.lens.models import ModelNotAvailableError, load_model
+    from future_lens.lens.prompts import output_prompt_dir
+
+    try:
+        loaded = load_model(model)
+        maps = read_peer_lens(source, loaded, format)
+        path = save_linear_maps(prompt_dir or output_prompt_dir(loaded.id), loaded, maps)
+    except (LinearLensArtifactError, ModelNotAvailableError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"wrote {path} ({maps.kind} lens, from {maps.metadata['imported_from']})")
+
+
+@cli.command("export-lens")
+def export_lens(
+    method: Annotated[str, typer.Argument(help="tuned (to the tuned-lens format) or jacobian (to the J-lens format)")],
+    destination: Annotated[Path, typer.Argument(help="tuned: a folder; jacobian: a .pt file")],
+    model: ModelOption = RunOptions.model,
+    catalog: CatalogOption = None,
+    prompt_dir: PromptDirOption = None,
+) -> None:
+    """Write our fitted tuned or Jacobian lens in its peers' format (readable by their own code)."""
+    from future_lens.lens.interop import write_jacobian_lens, write_tuned_lens
+    from future_lens.lens.linear import LINEAR_KINDS, LinearLensArtifactError, load_linear_maps
+    from future_lens.lens.models import ModelNotAvailableError, load_model
+    from future_lens.lens.prompts import default_prompt_dir
+
+    if method not in LINEAR_KINDS:
+        fail(f"method must be one of {', '.join(LINEAR_KINDS)}, got {method!r}")
+    try:
+        loaded = load_model(model)
+        maps = load_linear_maps(prompt_dir or default_prompt_dir(loaded.id), loaded, method)
+        write = write_tuned_lens if method == "tuned" else write_jacobian_lens
+        path = write(maps, loaded, destination)
+    except (LinearLensArtifactError, ModelNotAvailableError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"wrote {path}")
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
@@ -431,6 +487,13 @@ def evaluate(
     dev_examples: Annotated[
         int | None, typer.Option(help="evaluate on the first K dev examples only")
     ] = EvalOptions.dev_examples,
+    dev_part: Annotated[
+        str,
+        typer.Option(
+            help="report: each best layer chosen on the dev selection part, figures from the report part; all: the "
+            "whole dev split does both"
+        ),
+    ] = EvalOptions.dev_part,
     methods: Annotated[
         str | None, typer.Option(help="comma list (default all); merged into an existing report")
     ] = EvalOptions.methods,

@@ -33,6 +33,7 @@ from future_lens.training.metrics import (
     reliability,
     score,
 )
+from future_lens.training.objective import kl_divergence
 
 #: The baselines of the paper that are no lens (they read no grid cell).
 BASELINES = ["bigram", "linear_model", "linear_vocab"]
@@ -49,13 +50,18 @@ LINEAR_METHODS = {
 OFFSETS = [0, 1, 2, 3]
 
 
-def best_layers(per_layer: dict[str, dict], protocol: str = "teacher_forced") -> dict[str, dict]:
-    """For each N: the layer with the highest precision@1 under `protocol` (or `free_running`) and its metrics."""
+def best_layers(
+    per_layer: dict[str, dict], protocol: str = "teacher_forced", chosen_on: dict[str, dict] | None = None
+) -> dict[str, dict]:
+    """For each N: the layer with the highest precision@1 under `protocol` (or `free_running`) and its metrics. With
+    `chosen_on` (the same metrics on other examples: the dev selection part) the layer is chosen there and the
+    metrics reported from `per_layer`, so the reported examples made no choice."""
     best = {}
+    section = {layer: protocol_metrics(values, protocol) for layer, values in per_layer.items()}
+    choosing = {layer: protocol_metrics(values, protocol) for layer, values in (chosen_on or per_layer).items()}
     for n in OFFSETS:
         key = f"N{n}"
-        section = {layer: protocol_metrics(values, protocol) for layer, values in per_layer.items()}
-        scored = [(values[key]["p1"], int(layer)) for layer, values in section.items() if key in values]
+        scored = [(values[key]["p1"], int(layer)) for layer, values in choosing.items() if key in values]
         if scored:
             _, layer = max(scored, key=lambda item: (item[0], -item[1]))
             best[key] = {"layer": layer, **section[str(layer)][key]}
@@ -88,7 +94,10 @@ def headline(methods: dict[str, dict], n_layers: int) -> dict:
     """Method × N at each method's best layer (teacher-forced and free-running), and the learned prompt's margins."""
     out = {}
     for protocol, suffix in (("teacher_forced", ""), ("free_running", "_free")):
-        table = {name: best_layers(result["layers"], protocol) for name, result in methods.items()}
+        table = {
+            name: best_layers(result["layers"], protocol, result.get("selection_layers"))
+            for name, result in methods.items()
+        }
         table = {name: entry for name, entry in table.items() if entry}
         for entry in table.values():
             for cell in entry.values():
@@ -117,6 +126,19 @@ def free_running_patched(
     return {layer: predictions.take(torch.arange(i * rows, (i + 1) * rows)) for i, layer in enumerate(layers)}
 
 
+@torch.inference_mode()
+def readout_kl(model: LoadedModel, hidden: torch.Tensor, log_p: torch.Tensor, chunk: int = 64) -> float:
+    """Mean KL(p_model ‖ p_lens) in nats of the readout (final norm + unembedding) of `hidden` [D, d] against the
+    model's own next-token log-probabilities `log_p` [D, V]."""
+    total = 0.0
+    for start in range(0, len(hidden), chunk):
+        rows = slice(start, start + chunk)
+        logits = model.adapter.logits_from_hidden(hidden[rows].to(model.device, model.dtype)).float()
+        target = log_p[rows].float().to(logits.device)
+        total += kl_divergence(target, torch.log_softmax(logits, -1)).sum().item()
+    return round(total / max(len(hidden), 1), 5)
+
+
 def calibration_of(predictions: dict[int, CellPredictions], teacher: torch.Tensor) -> dict:
     """Reliability of a lens's probabilities over all its dev cells: the first token's probability vs that token
     being the model's own, and a cell's mean probability (N = 4 tokens, the grid's colour) vs its share of right
@@ -139,28 +161,43 @@ def evaluate(
     dev_examples: int | None = None,
     only: list[str] | None = None,
     linear_maps: dict[str, LinearMaps] | None = None,
+    selection: torch.Tensor | None = None,
 ) -> dict:
     """Every method's per-layer metrics on the dev split (its first `dev_examples`), and the headline. The linear
-    lenses are scored when their maps are given (`linear_maps`: kind -> maps)."""
+    lenses are scored when their maps are given (`linear_maps`: kind -> maps). With `selection` (indices of the dev
+    examples of the selection part) the metrics under `layers` are those of the other examples (the report part),
+    the selection part's go under `selection_layers`, and each best layer is chosen on the selection part."""
     dev = dataset.dev.subset(slice(0, dev_examples))
     logp = original_log_probs_table(model, dev)
     positions = dev.lengths
     timings: dict[str, float] = {}
     methods: dict[str, dict] = {}
+    everything = torch.arange(len(dev))
+    chosen = None if selection is None else selection[selection < len(dev)]
+    reported = everything if chosen is None else everything[~torch.isin(everything, chosen)]
+
+    def metrics(topk: dict[int, torch.Tensor], offsets: list[int], free: dict[int, torch.Tensor], rows) -> dict:
+        teacher, log_p, at = dev.teacher[rows], logp[rows], positions[rows]
+        return {
+            str(layer): {
+                **score(values[rows], teacher, log_p, offsets, at),
+                "free": free_running_score(free[layer][rows], teacher, at),
+            }
+            for layer, values in topk.items()
+        }
 
     def record(name: str, topk: dict[int, torch.Tensor], offsets: list[int], free: dict[int, torch.Tensor]) -> None:
         """Teacher-forced top-k [D, len(offsets), K] and free-running phrases [D, n] per layer."""
-        per_layer = {}
-        for layer, values in topk.items():
-            per_layer[str(layer)] = score(values, dev.teacher, logp, offsets, positions)
-            per_layer[str(layer)]["free"] = free_running_score(free[layer], dev.teacher, positions)
-        methods[name] = {"layers": per_layer}
+        methods[name] = {"layers": metrics(topk, offsets, free, reported)}
+        if chosen is not None:
+            methods[name]["selection_layers"] = metrics(topk, offsets, free, chosen)
 
     def patched(name: str, contexts: dict[int, torch.Tensor]) -> None:
         started = time.monotonic()
         decoded = free_running_patched(model, contexts, dev)
         record(name, patched_topk(model, contexts, dev), OFFSETS, {k: v.token_ids for k, v in decoded.items()})
-        methods[name]["calibration"] = calibration_of(decoded, dev.teacher)
+        shown = {layer: cells.take(reported) for layer, cells in decoded.items()}
+        methods[name]["calibration"] = calibration_of(shown, dev.teacher[reported])
         timings[name] = round(time.monotonic() - started, 1)
 
     wanted = set(only or METHODS)
@@ -178,12 +215,14 @@ def evaluate(
             states = {layer: maps.apply(h, torch.full((len(h),), layer)) for layer, h in states.items()}
         topk = {layer: lens_topk(model, h, TOP_K)[1].cpu()[:, None] for layer, h in states.items()}
         record(name, topk, [0], {layer: values[:, :, 0] for layer, values in topk.items()})
+        for layer, h in states.items():
+            methods[name]["layers"][str(layer)]["kl"] = readout_kl(model, h[reported], logp[reported, 0])
         first = {layer: lens_topk(model, h, 1) for layer, h in states.items()}
         decoded = {
-            layer: CellPredictions(ids.cpu(), probs.cpu(), ids.cpu(), probs.cpu())
+            layer: CellPredictions(ids.cpu(), probs.cpu(), ids.cpu(), probs.cpu()).take(reported)
             for layer, (probs, ids) in first.items()
         }
-        methods[name]["calibration"] = calibration_of(decoded, dev.teacher)
+        methods[name]["calibration"] = calibration_of(decoded, dev.teacher[reported])
         timings[name] = round(time.monotonic() - started, 1)
 
     if "identity_patchscope" in wanted:
@@ -214,7 +253,8 @@ def evaluate(
         "model_quantization": model.quantization,
         "n_layers": n_layers,
         "layers": layers,
-        "dev_examples": len(dev),
+        "dev_examples": len(reported),
+        "selection_examples": 0 if chosen is None else len(chosen),
         "train_examples_available": len(dataset.train),
         "protocol": "teacher_forced: the model's own greedy tokens fed before offset N, precision@1/@5, surprisal = "
         "-ln p_original of the top-1 prediction (nats); free: the method decodes its own phrase (the grid's "
@@ -329,7 +369,76 @@ def report_tables(report: dict, paper: dict | None = None) -> list[dict]:
     calibrated = [m for m in methods if "calibration" in report["methods"][m]]
     if calibrated:
         tables.append(_calibration_table(report, calibrated))
+    with_kl = [m for m in methods if any("kl" in v for v in report["methods"][m]["layers"].values())]
+    if with_kl:
+        tables.append(_kl_table(report, with_kl))
+    if report.get("tuned_lens_curve"):
+        tables.append(_tuned_curve_table(report["tuned_lens_curve"]))
     return [*tables, _per_layer_table(report, methods)]
+
+
+def _kl_table(report: dict, methods: list[str]) -> dict:
+    """KL(p_model ‖ p_lens) per layer of the next-token readouts."""
+    rows = []
+    for layer in report["layers"]:
+        values = [report["methods"][m]["layers"].get(str(layer), {}).get("kl") for m in methods]
+        rows.append([str(layer), *("–" if v is None else f"{v:.3f}" for v in values)])
+    return _table(
+        "kl_per_layer",
+        ["layer", *(LABELS[m] for m in methods)],
+        rows,
+        "KL(p_model ‖ p_lens) in nats per layer at N=0, on the same dev states (lower is closer to the model)",
+    )
+
+
+def _tuned_curve_table(curve: dict) -> dict:
+    """The tuned lens's dev KL (selection part) during its fit: the mean over translated layers and a few layers."""
+    points = curve["curve"]
+    n_layers = len(points[0]["kl"])
+    shown = sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 2})
+    rows = [
+        [str(p["step"]), f"{sum(p['kl'][:-1]) / (n_layers - 1):.3f}", *(f"{p['kl'][layer]:.3f}" for layer in shown)]
+        for p in points
+    ]
+    return _table(
+        "tuned_lens_curve",
+        ["step", "mean over layers", *(f"L{layer}" for layer in shown)],
+        rows,
+        "tuned lens fit: KL(p_model ‖ p_lens) in nats on the dev selection part at every position of "
+        f"{curve['dev_windows']} windows, by SGD step (step 0 = the identity = the logit lens)",
+    )
+
+
+def who_wins(report: dict) -> list[str]:
+    """Sentences that state, from the numbers, which method leads where (so the report's prose stays true)."""
+    head = report["headline"]["table"]
+    lines = []
+    for n in OFFSETS:
+        key = f"N{n}"
+        scored = sorted(((cell[key]["p1"], m) for m, cell in head.items() if key in cell), reverse=True)
+        if len(scored) >= 2:
+            (top, winner), (second, runner) = scored[0], scored[1]
+            lines.append(
+                f"N={n}: {LABELS[winner]} leads at {top:.3f}, then {LABELS[runner]} at {second:.3f} "
+                f"({top - second:+.3f})."
+            )
+    kl = {
+        m: {int(layer): v["kl"] for layer, v in report["methods"][m]["layers"].items() if "kl" in v}
+        for m in report["methods"]
+    }
+    kl = {m: values for m, values in kl.items() if values}
+    if len(kl) >= 2:
+        layers = sorted(next(iter(kl.values())))
+        wins: dict[str, list[int]] = {}
+        for layer in layers:
+            best = min(kl, key=lambda m: kl[m].get(layer, float("inf")))
+            wins.setdefault(best, []).append(layer)
+        lines.append(
+            "Lowest KL to the model at N=0: "
+            + "; ".join(f"{LABELS[m]} at {len(ls)} of {len(layers)} layers" for m, ls in wins.items())
+            + "."
+        )
+    return lines
 
 
 def _position_table(report: dict, methods: list[str]) -> dict:
@@ -404,8 +513,14 @@ def markdown_table(table: dict) -> str:
 
 
 def report_markdown(report: dict) -> str:
-    """eval.md: every table of `report_tables`, then the margins."""
-    parts = [markdown_table(table) for table in report["tables"]]
+    """eval.md: who wins where, every table of `report_tables`, then the margins."""
+    parts = []
+    if report.get("dev_part"):
+        parts.append(f"Dev split part: **{report['dev_part']}** ({report['dev_examples']} examples).\n")
+    parts.append("Who wins where (computed from the numbers below):\n")
+    parts += [f"- {line}" for line in who_wins(report)]
+    parts.append("")
+    parts += [markdown_table(table) for table in report["tables"]]
     for protocol, key in (("teacher-forced", "margins"), ("free-running", "margins_free")):
         for n, margin in report["headline"].get(key, {}).items():
             parts.append(
@@ -418,7 +533,7 @@ def report_markdown(report: dict) -> str:
 
 def merge_reports(old: dict, new: dict) -> dict:
     """`new` plus the methods of `old` it did not recompute (same weights, layers and dev set), headline redone."""
-    same = all(old.get(k) == new.get(k) for k in ("model_fingerprint", "layers", "dev_examples", "data"))
+    same = all(old.get(k) == new.get(k) for k in ("model_fingerprint", "layers", "dev_examples", "data", "dev_part"))
     if not same:
         return new
     merged = {**new, "methods": {**old["methods"], **new["methods"]}, "seconds": {**old["seconds"], **new["seconds"]}}

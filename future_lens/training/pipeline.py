@@ -39,6 +39,7 @@ from future_lens.training.data import (
     DataConfig,
     Dataset,
     data_cache_root,
+    dev_example_parts,
     dev_parts,
     document_tokens,
     prepare_dataset,
@@ -64,10 +65,12 @@ from future_lens.training.linear_fit import (
 from future_lens.training.plot import (
     calibration_data,
     figure_data,
+    kl_data,
     learning_curve_data,
     load_paper_reference,
     render_calibration,
     render_figure,
+    render_kl,
     render_learning_curve,
 )
 from future_lens.training.regression import write_regression_slice
@@ -133,6 +136,7 @@ class EvalOptions(RunOptions):
 
     probe_epochs: int = 2
     dev_examples: int | None = None
+    dev_part: str = "report"
     methods: str | None = None
     paper_reference: Path | None = WORKSPACE_PAPER_REFERENCE
 
@@ -311,6 +315,19 @@ def load_linear_lenses(model: LoadedModel, options: EvalOptions, only: list[str]
     return maps
 
 
+def selection_examples(model: LoadedModel, dataset: Dataset, part: str) -> torch.Tensor | None:
+    """`report`: the dev examples of the selection part's documents (they choose each best layer; the report part's
+    examples are the ones reported); `all`: None (every dev example chooses and is reported, as before)."""
+    if part == "all":
+        return None
+    if part != "report":
+        raise PipelineError(f"--dev-part: expected report or all, got {part!r}")
+    index = dev_example_parts(model, dataset)["selection"]
+    if len(index) in (0, len(dataset.dev)):
+        raise PipelineError("--dev-part report: the dev split needs documents in both parts (try --dev-part all)")
+    return index
+
+
 def run_eval(options: EvalOptions) -> Path:
     """Evaluate every method; write eval.json, eval.png/.svg and the learned prompts' dev metrics."""
     model = load(options.model, options.device, options.dtype)
@@ -326,6 +343,7 @@ def run_eval(options: EvalOptions) -> Path:
     if options.dev_examples is not None and options.dev_examples < 1:
         raise PipelineError("--dev-examples must be at least 1")
     linear_maps = load_linear_lenses(model, options, only)
+    selection = selection_examples(model, dataset, options.dev_part)
     report = evaluate(
         model,
         dataset,
@@ -335,10 +353,15 @@ def run_eval(options: EvalOptions) -> Path:
         dev_examples=options.dev_examples,
         only=only,
         linear_maps=linear_maps,
+        selection=selection,
     )
+    report["dev_part"] = options.dev_part
     reports = options.reports(model)
     if (reports / "eval.json").is_file():
         report = merge_reports(json.loads((reports / "eval.json").read_text()), report)
+    tuned_curve = reports / "tuned_lens_curve.json"
+    if tuned_curve.is_file():
+        report["tuned_lens_curve"] = json.loads(tuned_curve.read_text())
     curve_path = reports / "learning_curve.json"
     if curve_path.is_file():
         report["learning_curve"] = json.loads(curve_path.read_text())
@@ -347,6 +370,8 @@ def run_eval(options: EvalOptions) -> Path:
     path = write_report(report, reports)
     render_figure(figure_data(report, paper), reports / "eval")
     render_calibration(calibration_data(report), reports / "calibration")
+    if any("kl" in v for m in report["methods"].values() for v in m["layers"].values()):
+        render_kl(kl_data(report), reports / "kl")
     atomic_write_text(reports / "eval.md", report_markdown(report))
     if prompts is not None:
         update_manifest_metrics(model, prompts, report)

@@ -177,3 +177,37 @@ def render_calibration(data: dict, stem: Path) -> list[Path]:
     paths = _save(figure, stem)
     plt.close(figure)
     return paths
+
+
+def kl_data(report: dict) -> dict:
+    """Per-layer KL(p_model ‖ p_lens) of every next-token readout in `report`, as plain series."""
+    series = []
+    for method, result in report["methods"].items():
+        points = sorted((int(layer), v["kl"]) for layer, v in result["layers"].items() if "kl" in v)
+        if points:
+            series.append({"label": LABELS[method], "x": [p[0] for p in points], "y": [p[1] for p in points]})
+    title = f"{report['model_id']}: KL to the model's next-token distribution ({report['dev_examples']} dev states)"
+    return {"title": title, "series": series}
+
+
+def render_kl(data: dict, stem: Path) -> list[Path]:
+    """Draw `kl_data` output (log scale: the last layer's 0 is left out of the axis) to `<stem>.png` and `.svg`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for item in data["series"]:
+        shown = [(x, y) for x, y in zip(item["x"], item["y"], strict=True) if y > 0]
+        xs, ys = zip(*shown, strict=True)
+        axis.plot(xs, ys, marker="o", markersize=3, color=COLORS.get(item["label"]), label=item["label"])
+    axis.set_yscale("log")
+    axis.set_xlabel("layer")
+    axis.set_ylabel("KL(p_model ‖ p_lens), nats")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    axis.set_title(data["title"], fontsize=9)
+    paths = _save(figure, stem)
+    plt.close(figure)
+    return paths
