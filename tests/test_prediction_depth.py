@@ -1,18 +1,24 @@
 """Prediction depth (tuned-lens issue #72): the pure definition against hand computations, and the same depth in the
-grid's JSON (library, `POST /lens`, the stream), the CSV export and the page (server-rendered, streamed too)."""
+grid's JSON (library, `POST /lens`, the stream), the CSV export, the page (server-rendered, streamed too), the
+offline HTML file and the notebook client's `Grid`."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
+from future_lens.client import Grid as ClientGrid
+from future_lens.client.grid import CHROME_PX, ROW_PX
+from future_lens.export import grid_html, select
 from future_lens.export.csv import grid_csv, grid_from_csv, read_grid_csv
 from future_lens.lens.depth import prediction_depth, prediction_depths
+from future_lens.lens.display import visible_whitespace
 from future_lens.lens.grid import Grid, grid_prediction_depths
 from future_lens.lens.lenses import FixedPromptLens, IdentityPatchscope, LogitLens
 from future_lens.lens.registry import lens_specs
@@ -260,3 +266,124 @@ def test_the_streamed_page_shows_the_depth_row_pending_then_filled(client) -> No
     assert "pending" not in done
     for depth in stored["prediction_depth"]:
         assert ("layer " + str(depth) if depth is not None else "none") in done
+
+
+# ---------- the offline HTML file ----------
+
+
+def shown_depths(row: str) -> list[str]:
+    """The depth row's visible texts, cell by cell."""
+    return [
+        cell.split('<span aria-hidden="true">', 1)[1].split("</span>", 1)[0]
+        for cell in row.split('<td class="depth')[1:]
+    ]
+
+
+def marks(depths: list[int | None]) -> list[str]:
+    return ["–" if depth is None else str(depth) for depth in depths]
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tiny_gpt2) -> Grid:
+    return LogitLens(tiny_gpt2).grid(TEXT, n_future=2, top_k=3)
+
+
+def test_the_offline_file_shows_the_depth_row_of_a_tiny_model_grid(tiny_grid) -> None:
+    grid = tiny_grid
+    expected = hand_depths(grid.model_dump(mode="json", by_alias=True))  # from the cells' first tokens, by hand
+    assert len(set(expected)) > 1
+    page = grid_html(grid)
+    row = depth_row(page)
+    assert shown_depths(row) == marks(expected)
+    assert row.count("<td ") == len(grid.tokens)
+    assert "prediction depth: the first layer from which" in row  # the row head's tooltip
+    assert f"computed over all {len(grid.layers)} layers" in row and "this file shows" not in row
+    for column, depth in enumerate(expected):
+        assert (
+            f"after token {column} {escape(visible_whitespace(grid.tokens[column].text))}: from layer {depth} on" in row
+        )
+    assert f'aria-rowcount="{len(grid.layers) + 3}"' in page
+    assert 'class="grid has-depth"' in page and 'class="grid-scroll has-depth"' in page  # the page's sticky rows
+    assert '<span class="depth-sample">depth</span> prediction depth: the first layer' in page  # the legend
+    assert page.index('class="next-head"') < page.index('<tr class="depth-row">') < page.index("</tfoot>")
+
+
+def test_the_offline_file_of_some_layers_says_so_and_marks_undefined_depths(tiny_gpt2) -> None:
+    grid = LogitLens(tiny_gpt2).grid(TEXT, layers=[0, 1], n_future=1, top_k=2)  # stops before the last block
+    expected = hand_depths(grid.model_dump(mode="json", by_alias=True))
+    assert None in expected
+    row = depth_row(grid_html(grid))
+    assert shown_depths(row) == marks(expected)
+    assert row.count('class="depth none"') == expected.count(None)
+    assert f"computed over the 2 of {grid.model.n_layers} layers this grid has (0, 1)" in row
+    column = expected.index(None)
+    read = escape(visible_whitespace(grid.cells[-1][column].tokens[0].text))
+    assert f"no depth, the grid&#39;s last layer (1) reads {read}" in row
+
+
+def test_a_selection_shows_the_whole_grid_s_depth_of_its_columns(tiny_grid) -> None:
+    grid = tiny_grid
+    expected = hand_depths(grid.model_dump(mode="json", by_alias=True))
+    selection = select(grid, layers="0", tokens="2:5")  # the first row only: its own reading would be 0 or none
+    row = depth_row(grid_html(grid, selection))
+    assert shown_depths(row) == marks(expected[2:5])
+    assert f"this file shows 1 of its {len(grid.layers)} layers" in row
+
+
+def test_the_offline_depth_row_escapes_token_text() -> None:
+    grid = sample_grid(n_layers=4, n_tokens=9, seed=3)  # hostile token texts
+    expected = hand_depths(grid.model_dump(mode="json", by_alias=True))
+    grid = grid.model_copy(update={"prediction_depth": expected})
+    assert set(expected) - {None} and None in expected  # both kinds of tooltip
+    row = depth_row(grid_html(grid))
+    assert "<script>" not in row and "<svg" not in row
+    hostile = [token.text for token in grid.tokens if "<" in token.text]
+    assert hostile and all(str(escape(visible_whitespace(text))) in row for text in hostile)
+    assert shown_depths(row) == marks(expected)
+
+
+def test_an_offline_file_of_a_grid_without_depth_has_no_depth_row() -> None:
+    grid = sample_grid(seed=4)  # a stored grid from before the field: prediction_depth null
+    page = grid_html(grid)
+    markup = re.sub(r"<(style|script)>.*?</\1>", "", page, flags=re.DOTALL)  # the inlined page CSS names them
+    assert 'class="depth-row"' not in markup and "has-depth" not in markup and "depth-sample" not in markup
+    assert f'aria-rowcount="{len(grid.layers) + 2}"' in page
+
+
+# ---------- the notebook client ----------
+
+
+class NoBackend:
+    def html(self, grid: ClientGrid) -> str:
+        return "<p>grid</p>"
+
+
+def test_the_client_grid_reads_the_depth_from_the_json(tiny_grid) -> None:
+    payload = json.loads(tiny_grid.model_dump_json(by_alias=True))  # what POST /lens answers, less id
+    grid = ClientGrid(payload, NoBackend())
+    expected = hand_depths(payload)
+    assert grid.prediction_depth == expected
+    grid.prediction_depth.append(99)  # a copy: the document stays as it came
+    assert payload["prediction_depth"] == expected
+    rows = list(grid.rows())
+    assert rows and all(row["prediction_depth"] == expected[row["position"]] for row in rows)
+    frame = grid.to_pandas()
+    assert "prediction_depth" in frame.columns
+
+
+def test_the_client_grid_without_depth(tiny_grid) -> None:
+    payload = json.loads(tiny_grid.model_dump_json(by_alias=True))
+    undefined = {**payload, "prediction_depth": [None] * len(payload["tokens"])}
+    assert ClientGrid(undefined, NoBackend()).prediction_depth == [None] * len(payload["tokens"])
+    for document in (
+        {**payload, "prediction_depth": None},
+        {k: v for k, v in payload.items() if k != "prediction_depth"},
+    ):
+        grid = ClientGrid(document, NoBackend())
+        assert grid.prediction_depth is None  # a lens without depth, or a document stored before the field
+        assert all("prediction_depth" not in row for row in grid.rows())
+    n_rows = len(payload["layers"])  # the notebook's frame makes room for the depth row
+    with_depth = ClientGrid(payload, NoBackend())._repr_html_()
+    assert f"height: {CHROME_PX + ROW_PX * (n_rows + 3)}px" in with_depth
+    without = ClientGrid({**payload, "prediction_depth": None}, NoBackend())._repr_html_()
+    assert f"height: {CHROME_PX + ROW_PX * (n_rows + 2)}px" in without

@@ -5,6 +5,7 @@
     grid = lens("Marty McFly from", server="http://127.0.0.1:8000")                      # a running server
     grid                    # in Jupyter: the grid with hover popovers (self-contained, like the HTML export)
     grid.predicted(15, 2)   # the N tokens layer 15's state at token 2 anticipates
+    grid.prediction_depth   # per token: the first layer from which the lens keeps reading the model's next token
     grid.to_pandas()        # long format: one row per predicted token and per top-k alternative (needs pandas)
     grid.to_svg()           # the vector figure; grid.to_html(): the offline HTML file
     grid = lens("Marty McFly from", track=[4236])   # + each tracked token's probability and rank in every cell

@@ -61,6 +61,16 @@ class Grid:
         return [token["text"] for token in self.data["tokens"]]
 
     @property
+    def prediction_depth(self) -> list[int | None] | None:
+        """Per input token (column): the first of `layers` from which the cells' first token is the model's own next
+        token (`next_tokens[t]`) at that and every later listed layer; None for a column whose last listed layer
+        reads another token. Computed over this grid's layers only (a flip at a layer it does not list goes unseen).
+        None as a whole when the grid has no depth: a lens that does not read the next token first, or a document
+        stored before the field (docs/grid-format.md, "Prediction depth")."""
+        depths = self.data.get("prediction_depth")
+        return None if depths is None else list(depths)
+
+    @property
     def n_future(self) -> int:
         return self.data["n_future"]
 
@@ -95,8 +105,10 @@ class Grid:
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Long format: one row per predicted token (`kind` predicted, `k` = step) and per top-k alternative of the
-        first token (`kind` topk, `k` = rank - 1), with the cell's layer, position, input token and mean."""
-        data = self.data
+        first token (`kind` topk, `k` = rank - 1), with the cell's layer, position, input token and mean, and, for a
+        grid that has `prediction_depth`, its column's depth (`prediction_depth`, None where undefined; over all the
+        grid's layers), as in the CSV export."""
+        data, depths = self.data, self.prediction_depth
         for row, layer in enumerate(data["layers"]):
             for position, cell in enumerate(data["cells"][row]):
                 shared = {
@@ -106,6 +118,8 @@ class Grid:
                     "actual_next": data["next_tokens"][position]["text"],
                     "mean_prob": cell["mean_prob"],
                 }
+                if depths is not None:
+                    shared["prediction_depth"] = depths[position]
                 for kind, tokens in (("predicted", cell["tokens"]), ("topk", cell["topk"])):
                     for k, token in enumerate(tokens):
                         yield {
@@ -163,7 +177,8 @@ class Grid:
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the offline HTML export in a sandboxed frame (its own script keeps the popovers;
         everything inside is escaped by the export, and the whole file once more as the attribute's value)."""
-        height = CHROME_PX + ROW_PX * (len(self.data["layers"]) + 2)
+        footer_rows = 3 if self.prediction_depth is not None else 2  # token heads, model row (, depth row)
+        height = CHROME_PX + ROW_PX * (len(self.data["layers"]) + footer_rows)
         return (
             f'<iframe class="future-lens-grid" title="{html.escape(repr(self))}" sandbox="allow-scripts" '
             f'style="width: 100%; height: {height}px; border: 0" srcdoc="{html.escape(self.to_html(), quote=True)}">'

@@ -9,6 +9,9 @@ from the stored top-k (the page's Track asks the server; the file has none). The
 The file makes no request of any kind (its Content-Security-Policy allows only its own style and script, by hash),
 so it opens offline, from an e-mail attachment or a supplementary-material folder, and keeps hover, click and
 keyboard popovers. Token text is escaped by Jinja's autoescaping and, in the data, by `tojson`.
+
+Under the model row, as on the page, the depth row shows the grid's `prediction_depth` (future_lens/lens/depth.py)
+for each exported column: always the whole grid's, computed over all its layers even when the file shows some.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from future_lens.export.selection import Selection
 from future_lens.export.svg import caption
 from future_lens.export.text import pieces
 from future_lens.export.trajectory import stored_tracks
-from future_lens.lens.display import WHITESPACE_MARKS
+from future_lens.lens.display import WHITESPACE_MARKS, visible_whitespace
 from future_lens.lens.grid import Grid, TokenProb
 
 #: The page's files the offline file inlines, in order (static/ of the source checkout).
@@ -115,6 +118,67 @@ class RowView:
     layer: int
     borrowed: int | None
     cells: list[CellView]
+
+
+@dataclass(frozen=True)
+class DepthCellView:
+    """One column's prediction depth as the depth row shows it (as on the page, server/web/render.py): `text` ("17"
+    or "–"), what a screen reader says for it, and its tooltip."""
+
+    text: str
+    spoken: str
+    title: str
+    depth: int | None = None
+
+
+@dataclass(frozen=True)
+class DepthRowView:
+    """The depth row under the file's grid (the grid's `prediction_depth`) and its definition."""
+
+    cells: list[DepthCellView]
+    definition: str
+
+
+def depth_definition(grid: Grid, selection: Selection) -> str:
+    """What the depth row shows, for its tooltip and the legend: the definition, the layers it was computed over
+    (the grid's, which may be a subset of the model's) and, when the file shows some of them, that it is still the
+    whole grid's."""
+    layers, n_layers = grid.layers, grid.model.n_layers
+    if len(layers) >= n_layers:
+        over = f"computed over all {n_layers} layers"
+    else:
+        listed = ", ".join(str(layer) for layer in layers[:6]) + (", …" if len(layers) > 6 else "")
+        over = (
+            f"computed over the {len(layers)} of {n_layers} layers this grid has ({listed}): a change at a layer "
+            "it does not have goes unseen"
+        )
+    if len(selection.rows) < len(layers):
+        over += f"; the whole grid's depth: this file shows {len(selection.rows)} of its {len(layers)} layers"
+    return (
+        "the first layer from which the lens's top token is the model's own next token (the model row) at every "
+        f"later layer; – when the grid's last layer reads another token; {over}"
+    )
+
+
+def depth_row(grid: Grid, selection: Selection) -> DepthRowView | None:
+    """The depth row of the selected columns (the grid's `prediction_depth`), or None when the grid has none."""
+    depths = grid.prediction_depth
+    if depths is None or not grid.cells:
+        return None
+    cells = []
+    for column in selection.columns:
+        after = f"after token {column} {visible_whitespace(grid.tokens[column].text)}"
+        own = visible_whitespace(grid.next_tokens[column].text)
+        depth = depths[column]
+        if depth is not None:
+            title = f"{after}: from layer {depth} on, every layer of the grid reads the model's own next token {own}"
+            cells.append(DepthCellView(str(depth), f"layer {depth}", title, depth))
+            continue
+        last = grid.cells[-1][column].tokens
+        read = visible_whitespace(last[0].text) if last else "nothing"
+        title = f"{after}: no depth, the grid's last layer ({grid.layers[-1]}) reads {read}, not the model's {own}"
+        cells.append(DepthCellView("–", "none", title))
+    return DepthRowView(cells, depth_definition(grid, selection))
 
 
 def continuation(grid: Grid) -> list[list[TokenProb]]:
@@ -207,6 +271,7 @@ def grid_html(grid: Grid, selection: Selection | None = None, grid_id: str | Non
             columns=list(sel.columns),
             continuation=[own[c] for c in sel.columns],
             borrowed=any(row.borrowed is not None for row in rows),
+            depth=depth_row(grid, sel),
             data=popover_data(grid, sel),
             csp=content_security_policy(),
             css=Markup(css()),
