@@ -203,10 +203,15 @@ def test_cli_train_and_eval_end_to_end(tiny_gptj, corpus, tmp_path):
         "linear_model",
         "linear_vocab",
     }
-    assert report["dev_examples"] == 16 and "N1" in report["headline"]["margins"]
+    assert report["dev_part"] == "report" and "N1" in report["headline"]["margins"]
+    # the dev split's two parts: the selection part's examples choose each best layer, the others are reported
+    assert report["dev_examples"] + report["selection_examples"] == 16 and report["selection_examples"] > 0
+    assert set(report["methods"]["fixed_prompt"]["selection_layers"]) == set(
+        report["methods"]["fixed_prompt"]["layers"]
+    )
     assert (reports / "eval.png").is_file() and (reports / "eval.svg").is_file()
     assert "learned prompt" in (reports / "eval.md").read_text()
-    assert read_manifest(prompts)["layers"]["1"]["metrics"]["dev_examples"] == 16
+    assert read_manifest(prompts)["layers"]["1"]["metrics"]["dev_examples"] == report["dev_examples"]
     bad = runner.invoke(cli, ["train", *common, "--targets", "7"])
     assert bad.exit_code == 2 and "--targets" in bad.output
 

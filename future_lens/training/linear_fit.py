@@ -130,23 +130,37 @@ def translate(states: torch.Tensor, delta: torch.Tensor, bias: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def lens_kl_per_layer(
+def lens_readout_stats(
     model: LoadedModel, windows: Sequence[Sequence[int]], maps: LinearMaps | None, batch: int = 8
-) -> list[float]:
-    """Mean KL(p_model ‖ p_lens) in nats per layer over every position of `windows`, read in the model's dtype:
-    the logit lens when `maps` is None."""
+) -> dict[str, list[float]]:
+    """Per layer, over every position of `windows` (read in the model's dtype; the logit lens when `maps` is None):
+    `kl`, the mean KL(p_model ‖ p_lens) in nats, and `top1`, how often the lens's top-1 is the model's own."""
     n_layers = model.adapter.n_layers
-    totals, count = torch.zeros(n_layers, dtype=torch.float64), 0
+    kl, top1 = torch.zeros(n_layers, dtype=torch.float64), torch.zeros(n_layers, dtype=torch.float64)
+    count = 0
     for start in range(0, len(windows), batch):
         states, target = window_states(model, windows[start : start + batch])
+        model_top1 = target.argmax(-1)
         for layer in range(n_layers):
             hidden = states[:, layer]
             if maps is not None:
                 layer_index = torch.full(hidden.shape[:-1], layer, dtype=torch.long).flatten()
                 hidden = maps.apply(hidden.reshape(-1, hidden.shape[-1]), layer_index).view_as(hidden)
-            totals[layer] += kl_divergence(target, final_log_probs(model, hidden)).sum().double()
+            log_q = final_log_probs(model, hidden)
+            kl[layer] += kl_divergence(target, log_q).sum().double()
+            top1[layer] += (log_q.argmax(-1) == model_top1).sum().double()
         count += target.shape[0] * target.shape[1]
-    return [round(float(t / max(count, 1)), 5) for t in totals]
+    return {
+        "kl": [round(float(t / max(count, 1)), 5) for t in kl],
+        "top1": [round(float(t / max(count, 1)), 5) for t in top1],
+    }
+
+
+def lens_kl_per_layer(
+    model: LoadedModel, windows: Sequence[Sequence[int]], maps: LinearMaps | None, batch: int = 8
+) -> list[float]:
+    """Mean KL(p_model ‖ p_lens) in nats per layer over every position of `windows` (`lens_readout_stats`)."""
+    return lens_readout_stats(model, windows, maps, batch)["kl"]
 
 
 def linear_decay(step: int, recipe: TunedLensRecipe) -> float:

@@ -315,6 +315,12 @@ def calibration_plot(request: Request) -> Response:
     return plot_response(request, "calibration")
 
 
+@router.get("/about/kl.png")
+def kl_plot(request: Request) -> Response:
+    """KL of the next-token readouts to the model, per layer."""
+    return plot_response(request, "kl")
+
+
 @router.get("/about/learning_curve.png")
 def learning_curve_plot(request: Request) -> Response:
     """The learned prompts' held-out precision against training examples."""

@@ -19,9 +19,10 @@ PLOTS: dict[str, str] = {
     "eval": "precision@1 against relative depth for every method (the paper's Figure 4, this model)",
     "calibration": "reliability diagrams: how often a prediction of probability p was right on held-out text",
     "learning_curve": "learned prompt precision@1 on held-out text against training examples seen",
+    "kl": "KL of each next-token readout to the model's own distribution, per layer (log scale)",
 }
 #: Where a plot goes on the page: after the table it illustrates (else after all tables).
-PLOT_AFTER = {"eval": "headline_free_running", "calibration": "calibration"}
+PLOT_AFTER = {"eval": "headline_free_running", "calibration": "calibration", "kl": "kl_per_layer"}
 #: Tokens per cell over which `mean_prob` calibration is measured (future_lens/training/evaluate.py: MAX_N + 1).
 CALIBRATION_N = 4
 N_BINS = 10
