@@ -533,7 +533,8 @@ def report_markdown(report: dict) -> str:
 
 def merge_reports(old: dict, new: dict) -> dict:
     """`new` plus the methods of `old` it did not recompute (same weights, layers and dev set), headline redone."""
-    same = all(old.get(k) == new.get(k) for k in ("model_fingerprint", "layers", "dev_examples", "data", "dev_part"))
+    same = all(old.get(k) == new.get(k) for k in ("model_fingerprint", "layers", "dev_examples", "data"))
+    same = same and (old.get("dev_part") or "all") == (new.get("dev_part") or "all")  # older reports: all of dev
     if not same:
         return new
     merged = {**new, "methods": {**old["methods"], **new["methods"]}, "seconds": {**old["seconds"], **new["seconds"]}}
