@@ -118,6 +118,6 @@ def write_report(reports_dir: Path, model_id: str, fingerprint: str, layers: lis
     folder.mkdir(parents=True, exist_ok=True)
     report = eval_report(model_id, fingerprint, layers)
     (folder / "eval.json").write_text(json.dumps(report, indent=1))
-    for stem in ("eval", "calibration", "learning_curve"):
+    for stem in ("eval", "calibration", "learning_curve", "kl"):
         (folder / f"{stem}.png").write_bytes(plot_png(stem))
     return report
