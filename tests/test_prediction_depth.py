@@ -226,7 +226,7 @@ def test_a_page_of_some_layers_says_so_and_marks_undefined_depths(client) -> Non
     form = {"text": TEXT, "method": "logit", "n_future": "1", "stride": "2"}  # layers 0 and 2 of 3
     html = client.post("/grid", data=form, headers={"HX-Request": "true"}).text
     row = depth_row(html)
-    assert "computed over the 2 of 3 layers this grid shows (0, 2)" in row
+    assert "computed over the 2 of 3 layers this grid has (0, 2)" in row
 
 
 def test_the_depth_row_escapes_token_text(client) -> None:

@@ -30,6 +30,7 @@ from future_lens.export.selection import Selection
 from future_lens.export.svg import caption
 from future_lens.export.text import pieces
 from future_lens.export.trajectory import stored_tracks
+from future_lens.lens.depth import depth_definition as prediction_depth_definition
 from future_lens.lens.display import WHITESPACE_MARKS, visible_whitespace
 from future_lens.lens.grid import Grid, TokenProb
 
@@ -140,24 +141,12 @@ class DepthRowView:
 
 
 def depth_definition(grid: Grid, selection: Selection) -> str:
-    """What the depth row shows, for its tooltip and the legend: the definition, the layers it was computed over
-    (the grid's, which may be a subset of the model's) and, when the file shows some of them, that it is still the
-    whole grid's."""
-    layers, n_layers = grid.layers, grid.model.n_layers
-    if len(layers) >= n_layers:
-        over = f"computed over all {n_layers} layers"
-    else:
-        listed = ", ".join(str(layer) for layer in layers[:6]) + (", …" if len(layers) > 6 else "")
-        over = (
-            f"computed over the {len(layers)} of {n_layers} layers this grid has ({listed}): a change at a layer "
-            "it does not have goes unseen"
-        )
-    if len(selection.rows) < len(layers):
-        over += f"; the whole grid's depth: this file shows {len(selection.rows)} of its {len(layers)} layers"
-    return (
-        "the first layer from which the lens's top token is the model's own next token (the model row) at every "
-        f"later layer; – when the grid's last layer reads another token; {over}"
-    )
+    """The depth row's definition (`lens.depth.depth_definition`) and, when the file shows some of the grid's layers,
+    that it is still the whole grid's."""
+    words = prediction_depth_definition(grid.layers, grid.model.n_layers)
+    if len(selection.rows) < len(grid.layers):
+        words += f"; the whole grid's depth: this file shows {len(selection.rows)} of its {len(grid.layers)} layers"
+    return words
 
 
 def depth_row(grid: Grid, selection: Selection) -> DepthRowView | None:

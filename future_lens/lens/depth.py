@@ -50,3 +50,21 @@ def prediction_depths(
     return [
         prediction_depth([row[column] for row in top1], layers, model_top1[column]) for column in range(len(model_top1))
     ]
+
+
+def depth_definition(layers: Sequence[int], n_layers: int) -> str:
+    """What a depth row shows, in words for its tooltip and legend (the page's and the offline file's): the
+    definition and the layers it was computed over (`layers`, the grid's, which may be a subset of the model's
+    `n_layers`)."""
+    if len(layers) >= n_layers:
+        over = f"computed over all {n_layers} layers"
+    else:
+        listed = ", ".join(str(layer) for layer in layers[:6]) + (", …" if len(layers) > 6 else "")
+        over = (
+            f"computed over the {len(layers)} of {n_layers} layers this grid has ({listed}): a change at a layer "
+            "it does not have goes unseen"
+        )
+    return (
+        "the first layer from which the lens's top token is the model's own next token (the model row) at every "
+        f"later layer; – when the grid's last layer reads another token; {over}"
+    )

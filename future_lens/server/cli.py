@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -296,6 +297,19 @@ PeerFormatOption = Annotated[
 ]
 
 
+@contextmanager
+def lens_artifact_errors() -> Iterator[None]:
+    """Exit with the CLI's error line when loading the model or reading, converting or writing a lens artifact
+    fails (a bad file, a model that is not there)."""
+    from future_lens.lens.linear import LinearLensArtifactError
+    from future_lens.lens.models import ModelNotAvailableError
+
+    try:
+        yield
+    except (LinearLensArtifactError, ModelNotAvailableError, ValueError) as error:
+        fail(str(error))
+
+
 @cli.command("import-lens")
 def import_lens(
     source: Annotated[Path, typer.Argument(help="a tuned-lens folder or a J-lens .pt file")],
@@ -308,16 +322,14 @@ def import_lens(
 ) -> None:
     """Convert a peer's lens (the tuned-lens package's, or a Jacobian lens) to our safetensors + fingerprint."""
     from future_lens.lens.interop import read_peer_lens
-    from future_lens.lens.linear import LinearLensArtifactError, save_linear_maps
-    from future_lens.lens.models import ModelNotAvailableError, load_model
+    from future_lens.lens.linear import save_linear_maps
+    from future_lens.lens.models import load_model
     from future_lens.lens.prompts import output_prompt_dir
 
-    try:
+    with lens_artifact_errors():
         loaded = load_model(model)
         maps = read_peer_lens(source, loaded, format)
         path = save_linear_maps(prompt_dir or output_prompt_dir(loaded.id), loaded, maps)
-    except (LinearLensArtifactError, ModelNotAvailableError, ValueError) as error:
-        fail(str(error))
     typer.echo(f"wrote {path} ({maps.kind} lens, from {maps.metadata['imported_from']})")
 
 
@@ -331,19 +343,17 @@ def export_lens(
 ) -> None:
     """Write our fitted tuned or Jacobian lens in its peers' format (readable by their own code)."""
     from future_lens.lens.interop import write_jacobian_lens, write_tuned_lens
-    from future_lens.lens.linear import LINEAR_KINDS, LinearLensArtifactError, load_linear_maps
-    from future_lens.lens.models import ModelNotAvailableError, load_model
+    from future_lens.lens.linear import LINEAR_KINDS, load_linear_maps
+    from future_lens.lens.models import load_model
     from future_lens.lens.prompts import default_prompt_dir
 
     if method not in LINEAR_KINDS:
         fail(f"method must be one of {', '.join(LINEAR_KINDS)}, got {method!r}")
-    try:
+    with lens_artifact_errors():
         loaded = load_model(model)
         maps = load_linear_maps(prompt_dir or default_prompt_dir(loaded.id), loaded, method)
         write = write_tuned_lens if method == "tuned" else write_jacobian_lens
         path = write(maps, loaded, destination)
-    except (LinearLensArtifactError, ModelNotAvailableError, ValueError) as error:
-        fail(str(error))
     typer.echo(f"wrote {path}")
 
 

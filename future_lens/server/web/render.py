@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from future_lens.export.palette import EMPTY_TOKEN_MARK, percent, prob_bucket
+from future_lens.lens.depth import depth_definition
 from future_lens.lens.display import (
     ORDINARY_WHITESPACE,
     WHITESPACE_MARKS,
@@ -232,24 +233,6 @@ def reads_next_token(method: str) -> bool:
         return False
 
 
-def depth_definition(grid: Grid) -> str:
-    """What the depth row shows, for its tooltip and the legend: the definition and the layers it was computed
-    over (the grid's, which may be a subset of the model's)."""
-    layers, n_layers = grid.layers, grid.model.n_layers
-    if len(layers) >= n_layers:
-        over = f"computed over all {n_layers} layers"
-    else:
-        shown = ", ".join(str(layer) for layer in layers[:6]) + (", …" if len(layers) > 6 else "")
-        over = (
-            f"computed over the {len(layers)} of {n_layers} layers this grid shows ({shown}): a change at a layer "
-            "it does not show goes unseen"
-        )
-    return (
-        "the first layer from which the lens's top token is the model's own next token (the model row) at every "
-        f"later layer; – when the last layer shown reads another token; {over}"
-    )
-
-
 def depth_row(grid: Grid) -> DepthRowView | None:
     """The depth row of `grid`: its `prediction_depth` per column; pending cells while a streamed grid's rows are
     computed (when its lens reads the next token); None when the grid has no depth."""
@@ -271,9 +254,9 @@ def depth_row(grid: Grid) -> DepthRowView | None:
             continue
         last = grid.cells[-1][column].tokens
         read = visible_whitespace(last[0].text) if last else "nothing"
-        title = f"{after}: no depth, the last layer shown ({grid.layers[-1]}) reads {read}, not the model's {own}"
+        title = f"{after}: no depth, the grid's last layer ({grid.layers[-1]}) reads {read}, not the model's {own}"
         cells.append(DepthCellView("–", "none", title))
-    return DepthRowView(cells, depth_definition(grid))
+    return DepthRowView(cells, depth_definition(grid.layers, grid.model.n_layers))
 
 
 def model_continuation(grid: Grid) -> list[list[TokenProb]]:
