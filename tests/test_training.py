@@ -285,3 +285,61 @@ def test_prompt_summary_says_which_layers_had_which_budget():
     assert summary["examples"] == {"4160": [0, 3], "10000": [1, 2]} and summary["lr"] == "0.002"
     line = prompt_training(summary)
     assert "4160 (layers 0, 3), 10000 (layers 1–2) examples per layer" in line and "learning rate 0.002" in line
+
+
+def test_linear_schedule_decays_to_zero_and_steps_with_it(tiny_gptj, corpus, tmp_path, monkeypatch):
+    """lr_at: constant is the base rate; linear falls from it by 1/steps each step; the optimizer uses that rate."""
+    config = TrainConfig(layers=[1], examples=32, batch=8, lr=1e-2, lr_schedule="linear")
+    assert [config.lr_at(step) for step in range(4)] == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
+    assert TrainConfig(layers=[1], lr=3e-4).lr_at(999) == 3e-4
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(layers=[1], lr_schedule="cosine").lr_at(0)
+    seen: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=32, n_dev=8)
+    config = TrainConfig(layers=[1], examples=32, lr=1e-2, lr_schedule="linear", curve_points=[], curve_dev=8)
+    train_prompts(tiny_gptj, dataset, config, tmp_path / "run", None, progress=False)
+    assert seen == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
+
+
+def test_the_learning_curve_reads_only_the_examples_it_is_given(tiny_gptj, corpus, tmp_path, monkeypatch):
+    """With curve_examples (the dev selection part's indices) the curve scores those examples and no others."""
+    dataset = tiny_dataset(tiny_gptj, corpus, n_train=16, n_dev=12)
+    scored: list[torch.Tensor] = []
+    real_point = train_module.curve_point
+
+    def recording_point(model, prompts, layers, dev, logp, seen):
+        scored.append(dev.states.clone())
+        return real_point(model, prompts, layers, dev, logp, seen)
+
+    monkeypatch.setattr(train_module, "curve_point", recording_point)
+    chosen = torch.tensor([1, 4, 7, 10])
+    config = TrainConfig(layers=[1], examples=8, curve_points=[0], curve_dev=3)
+    train_prompts(tiny_gptj, dataset, config, tmp_path / "run", None, progress=False, curve_examples=chosen)
+    assert len(scored) == 2  # the 0 point and the final one
+    torch.testing.assert_close(scored[0], dataset.dev.states[chosen[:3]])
+
+
+def test_cli_trains_longer_prompts_with_a_linear_schedule(tiny_gptj, corpus, tmp_path):
+    """--prompt-len and --lr-schedule reach the artifacts (their length and metadata); bad values exit 2."""
+    model_dir = tmp_path / "tiny-gptj"
+    tiny_gptj.hf.save_pretrained(model_dir)
+    tiny_gptj.tokenizer.save_pretrained(model_dir)
+    prompts = tmp_path / "prompts"
+    common = ["--model", str(model_dir), "--corpus", str(corpus), "--limit", "16", "--layers", "1"]
+    common += ["--report-dir", str(tmp_path / "reports"), "--prompt-dir", str(prompts)]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", *common, "--prompt-len", "14", "--lr-schedule", "linear"])
+    assert result.exit_code == 0, result.output
+    loaded = load_soft_prompts(prompts, tiny_gptj)
+    assert loaded.prompts[1].shape[0] == 14 and loaded.metadata[1]["lr_schedule"] == "linear"
+    bad = runner.invoke(cli, ["train", *common, "--lr-schedule", "cosine"])
+    assert bad.exit_code == 2 and "--lr-schedule" in bad.output
+    bad = runner.invoke(cli, ["train", *common, "--prompt-len", "0"])
+    assert bad.exit_code == 2 and "--prompt-len" in bad.output

@@ -446,6 +446,10 @@ def train(
     init: Annotated[
         str, typer.Option(help="fixed (the paper's fixed prompt's embeddings) or normal")
     ] = TrainOptions.init,
+    prompt_len: Annotated[int, typer.Option(help="soft prompt vectors (paper: 10)")] = TrainOptions.prompt_len,
+    lr_schedule: Annotated[
+        str, typer.Option(help="constant (paper) or linear (decays to 0 over the run's steps)")
+    ] = TrainOptions.lr_schedule,
     method: Annotated[
         str,
         typer.Option(

@@ -74,7 +74,7 @@ from future_lens.training.plot import (
     render_learning_curve,
 )
 from future_lens.training.regression import write_regression_slice
-from future_lens.training.train import TrainConfig, resume_key, train_prompts
+from future_lens.training.train import LR_SCHEDULES, TrainConfig, resume_key, train_prompts
 
 #: Where this workspace keeps its corpus and the paper's reference values (relative to the working directory).
 WORKSPACE_CORPUS = Path("../shared/data/pile-sample.jsonl")
@@ -123,6 +123,8 @@ class TrainOptions(RunOptions):
     lr: float = 5e-4
     targets: str = "1"
     init: str = "fixed"
+    prompt_len: int = TrainConfig.prompt_len
+    lr_schedule: str = TrainConfig.lr_schedule
     method: str = "prompt"
     steps: int = TunedLensRecipe.steps
     tokens_per_step: int = TunedLensRecipe.tokens_per_step
@@ -207,6 +209,13 @@ def run_directory(model: LoadedModel, data: DataConfig, config: TrainConfig) -> 
 TRAIN_METHODS = ("prompt", *LINEAR_KINDS)
 
 
+def curve_selection(model: LoadedModel, dataset: Dataset) -> torch.Tensor:
+    """The dev examples a learning curve may look at: the selection part's (so that stopping and schedule choices
+    never see the report part), or every dev example when the split has no selection part (tiny --limit runs)."""
+    selection = dev_example_parts(model, dataset)["selection"]
+    return selection if len(selection) else torch.arange(len(dataset.dev))
+
+
 def run_train(options: TrainOptions) -> Path:
     """Train prompts for the chosen layers, or fit a linear lens (`--method`); returns what was written."""
     if options.method not in TRAIN_METHODS:
@@ -217,6 +226,10 @@ def run_train(options: TrainOptions) -> Path:
         return run_fit_linear(options)
     if options.init not in ("fixed", "normal"):
         raise PipelineError(f"--init: expected fixed or normal, got {options.init!r}")
+    if options.lr_schedule not in LR_SCHEDULES:
+        raise PipelineError(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}, got {options.lr_schedule!r}")
+    if options.prompt_len < 1:
+        raise PipelineError("--prompt-len must be at least 1")
     offsets = parse_targets(options.targets)
     torch.manual_seed(options.seed)
     model = load(options.model, options.device, options.dtype)
@@ -232,10 +245,14 @@ def run_train(options: TrainOptions) -> Path:
         targets=offsets,
         init=options.init,
         seed=options.seed,
+        prompt_len=options.prompt_len,
+        lr_schedule=options.lr_schedule,
     )
-    config.curve_dev = min(config.curve_dev, len(dataset.dev))
+    curve_examples = curve_selection(model, dataset)
+    config.curve_dev = min(config.curve_dev, len(curve_examples))
     out = options.prompts_out(model)
-    state = train_prompts(model, dataset, config, run_directory(model, data, config), out)
+    run_dir = run_directory(model, data, config)
+    state = train_prompts(model, dataset, config, run_dir, out, curve_examples=curve_examples)
     reports = options.reports(model)
     curve = {"config": asdict(config), "seconds": round(state.seconds, 1), "points": state.curve}
     atomic_write_json(reports / "learning_curve.json", curve, indent=1)

@@ -38,6 +38,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     targets: tuple[int, ...] = (1,)
     prompt_len: int = 10
+    #: constant, or linear: the learning rate decays linearly from `lr` to 0 over the run's steps (tuned-lens style)
+    lr_schedule: str = "constant"
+    #: which dev examples the learning curve is measured on: the selection part (none of the report part's)
+    curve_part: str = "selection"
     init: str = "fixed"  # "fixed": the paper's fixed prompt's embeddings; "normal": N(0, 0.02)
     seed: int = 0
     layers_per_group: int = 30
@@ -47,6 +51,17 @@ class TrainConfig:
 
     def steps(self) -> int:
         return max(1, self.examples // self.batch)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based) under `lr_schedule`."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "linear":
+            return self.lr * max(0.0, 1.0 - step / self.steps())
+        raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
+
+
+LR_SCHEDULES = ("constant", "linear")
 
 
 def example_order(available: int, count: int, seed: int) -> torch.Tensor:
@@ -172,9 +187,13 @@ def train_prompts(
     run_dir: Path,
     out_dir: Path | None,
     progress: bool = True,
+    curve_examples: torch.Tensor | None = None,
 ) -> RunState:
-    """Train (or resume) prompts for `config.layers`; write artifacts to `out_dir` when given. Returns the state."""
-    train, dev = dataset.train, dataset.dev.subset(slice(0, config.curve_dev))
+    """Train (or resume) prompts for `config.layers`; write artifacts to `out_dir` when given. Returns the state.
+    The learning curve is measured on the first `config.curve_dev` of `curve_examples` (dev indices: the selection
+    part's), or of the whole dev split when None."""
+    pool = torch.arange(len(dataset.dev)) if curve_examples is None else curve_examples
+    train, dev = dataset.train, dataset.dev.subset(pool[: config.curve_dev])
     layers = torch.tensor(config.layers, dtype=torch.long)
     steps = config.steps()
     order = example_order(len(train), steps * config.batch, config.seed)
@@ -197,6 +216,8 @@ def train_prompts(
             break
         batch = train.subset(order[state.step * config.batch : (state.step + 1) * config.batch])
         optimizer.zero_grad(set_to_none=True)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(state.step)
         offset = 0
         for group in groups:
             chunk = prompts[offset : offset + len(group)].to(model.dtype)  # a differentiable cast for the forward
@@ -241,6 +262,7 @@ def write_artifacts(model: LoadedModel, state: RunState, config: TrainConfig, ou
             "steps": state.step,
             "batch": config.batch,
             "lr": config.lr,
+            "lr_schedule": config.lr_schedule,
             "init": config.init,
             "seed": config.seed,
             "final_loss": f"{final_loss(state.losses[i]):.5f}",
