@@ -345,6 +345,26 @@ def selection_examples(model: LoadedModel, dataset: Dataset, part: str) -> torch
     return index
 
 
+def publish_report(report: dict, reports: Path, paper_reference: Path | None) -> Path:
+    """Write `report` into `reports` with the fits' curves found there, its tables, eval.md and every plot (also
+    how a report computed elsewhere is published into a report folder). Returns eval.json's path."""
+    tuned_curve = reports / "tuned_lens_curve.json"
+    if tuned_curve.is_file():
+        report["tuned_lens_curve"] = json.loads(tuned_curve.read_text())
+    curve_path = reports / "learning_curve.json"
+    if curve_path.is_file():
+        report["learning_curve"] = json.loads(curve_path.read_text())
+    paper = load_paper_reference(paper_reference)
+    report["tables"] = report_tables(report, paper)
+    path = write_report(report, reports)
+    render_figure(figure_data(report, paper), reports / "eval")
+    render_calibration(calibration_data(report), reports / "calibration")
+    if any("kl" in v for m in report["methods"].values() for v in m["layers"].values()):
+        render_kl(kl_data(report), reports / "kl")
+    atomic_write_text(reports / "eval.md", report_markdown(report))
+    return path
+
+
 def run_eval(options: EvalOptions) -> Path:
     """Evaluate every method; write eval.json, eval.png/.svg and the learned prompts' dev metrics."""
     model = load(options.model, options.device, options.dtype)
@@ -376,20 +396,7 @@ def run_eval(options: EvalOptions) -> Path:
     reports = options.reports(model)
     if (reports / "eval.json").is_file():
         report = merge_reports(json.loads((reports / "eval.json").read_text()), report)
-    tuned_curve = reports / "tuned_lens_curve.json"
-    if tuned_curve.is_file():
-        report["tuned_lens_curve"] = json.loads(tuned_curve.read_text())
-    curve_path = reports / "learning_curve.json"
-    if curve_path.is_file():
-        report["learning_curve"] = json.loads(curve_path.read_text())
-    paper = load_paper_reference(options.paper_reference)
-    report["tables"] = report_tables(report, paper)
-    path = write_report(report, reports)
-    render_figure(figure_data(report, paper), reports / "eval")
-    render_calibration(calibration_data(report), reports / "calibration")
-    if any("kl" in v for m in report["methods"].values() for v in m["layers"].values()):
-        render_kl(kl_data(report), reports / "kl")
-    atomic_write_text(reports / "eval.md", report_markdown(report))
+    path = publish_report(report, reports, options.paper_reference)
     if prompts is not None:
         update_manifest_metrics(model, prompts, report)
         write_regression_slice(model, prompts, dataset.dev)
