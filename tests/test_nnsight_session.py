@@ -13,7 +13,7 @@ import torch
 
 from future_lens.lens.grid import Grid
 from future_lens.lens.lenses import FixedPromptLens, FutureLens, IdentityPatchscope, Lens, LogitLens
-from future_lens.lens.linear import JacobianLens, TunedLens
+from future_lens.lens.linear import JacobianLens, LinearMaps, TunedLens
 from future_lens.lens.models import LoadedModel
 from future_lens.lens.prompts import SoftPromptSet
 from future_lens.lens.session import RequestMeter, run_session, session_grid, session_plan
@@ -29,11 +29,18 @@ LENSES: dict[str, Callable[[LoadedModel], Lens]] = {
     "identity": IdentityPatchscope,
     "fixed": lambda model: FixedPromptLens(model, fixed_prompt(model)),
     "future": lambda model: FutureLens(model, random_prompts(model, list(range(model.adapter.n_layers)))),
-    "tuned": lambda model: TunedLens(model, random_maps(model, "tuned")),
+    "tuned": lambda model: TunedLens(model, residual_maps(model)),
     "jacobian": lambda model: JacobianLens(model, random_maps(model, "jacobian", seed=1)),
 }
 #: Grid fields that are the computation's own (compared with tolerances, or not at all).
 COMPUTED = {"cells", "next_tokens", "continuations", "timings_ms"}
+
+
+def residual_maps(model: LoadedModel) -> LinearMaps:
+    """Random tuned-lens maps in the residual form (`h + Δh + b`), Δ in float16 as a loaded artifact holds it."""
+    maps = random_maps(model, "tuned")
+    delta = (maps.weight - torch.eye(model.adapter.d_model)).half().float()
+    return LinearMaps("tuned", delta, maps.bias, residual=True)
 
 
 def fixed_prompt(model: LoadedModel) -> str:

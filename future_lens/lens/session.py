@@ -177,6 +177,14 @@ def cell_order(batches: list[PatchBatch], n_tokens: int) -> torch.Tensor:
     return order
 
 
+def compact(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float16 where that loses nothing (the shipped maps are stored so), else float32: half the bytes
+    sent, the same values applied (the server computes in float32)."""
+    tensor = tensor.detach().float().cpu()
+    half = tensor.half()
+    return half if torch.equal(half.float(), tensor) else tensor
+
+
 def session_plan(
     lens: Lens, token_ids: list[int], layers: list[int], n_future: int, top_k: int, chunk_rows: int
 ) -> SessionPlan:
@@ -191,7 +199,7 @@ def session_plan(
         plan.batches = patch_batches(layers, layer_contexts, lengths, len(token_ids), chunk_rows)
     elif isinstance(lens, LinearMapLens):
         maps = lens.maps
-        plan.maps = (maps.weight[layers].float(), maps.bias[layers].float(), maps.residual)
+        plan.maps = (compact(maps.weight[layers]), compact(maps.bias[layers]), maps.residual)
         plan.compare = False
     elif isinstance(lens, LogitLens):
         plan.compare = False
@@ -241,7 +249,8 @@ def apply_maps(states: torch.Tensor, maps: tuple[torch.Tensor, torch.Tensor, boo
     """Layer-major states [L'*T, d] through their layers' affine maps, in float32 (as `LinearMaps.apply`)."""
     weight, bias, residual = maps
     states = states.float().reshape(weight.shape[0], n_tokens, -1)
-    mapped = states @ weight.to(states.device).transpose(1, 2) + bias.to(states.device)[:, None]
+    weight, bias = weight.to(states.device, torch.float32), bias.to(states.device, torch.float32)
+    mapped = states @ weight.transpose(1, 2) + bias[:, None]
     return (states + mapped if residual else mapped).reshape(-1, states.shape[-1])
 
 
