@@ -293,22 +293,17 @@ def _module(envoy, dotted: str):
 
 
 def run_session(model: LoadedModel, plan: SessionPlan, remote: bool | str = False, backend=None) -> dict:
-    """Run the plan as one nnsight session; the saved (small) results by name."""
+    """Run the plan as one nnsight session; the saved (small) results by name. Keep the inner `with` headers on one
+    line: under nnsight's local simulation a multi-line `generate(...)` header ran its body outside the trace."""
     envoy = model.nnsight
     spec = model.adapter.spec
     blocks, embed = model.adapter.locate_blocks(envoy), _module(envoy, spec.embed)
     final_norm, unembed = _module(envoy, spec.final_norm), _module(envoy, spec.unembed)
     dtype, softcap, pad = model.dtype, model.adapter.logit_softcap, int(plan.ids[0, 0])
-    ids, start, layers, n_future, top_k, compare = (
-        plan.ids,
-        plan.start,
-        plan.layers,
-        plan.n_future,
-        plan.top_k,
-        plan.compare,
-    )
-    n_tokens, contexts, maps = plan.n_tokens, plan.contexts, plan.maps
-    batches = [(b.contexts, b.patches) for b in plan.batches]  # plain values: the server has no PatchBatch
+    # Plain values only in the body: the server has none of our classes.
+    ids, start, layers, n_future, top_k = plan.ids, plan.start, plan.layers, plan.n_future, plan.top_k
+    n_tokens, contexts, maps, compare = plan.n_tokens, plan.contexts, plan.maps, plan.compare
+    batches = [(b.contexts, b.patches) for b in plan.batches]
     order = cell_order(plan.batches, n_tokens) if plan.batches else None
     greedy = greedy_settings(n_future, pad)
     with shipped_by_value(), torch.inference_mode(), envoy.session(backend=backend, remote=remote):
